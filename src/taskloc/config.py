@@ -1,0 +1,152 @@
+"""Typed, validated configuration dataclasses.
+
+Every config class subclasses ``Config``: its fields carry type annotations and a one-line
+docstring in ``metadata={"help": ...}``; ``__post_init__`` checks every value's type (so a
+preset file or a ``--set key=value`` override of the wrong type fails with one clear line) and
+subclasses add range checks in ``validate()``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from .errors import ConfigError
+from .registry import did_you_mean
+
+PRESETS = ("quick", "default", "full")
+
+
+def field(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its help text (shown by `taskloc studies --verbose` and in errors)."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return dataclasses.field(default=default, metadata={"help": help}, **kw)
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin is Literal:
+        return value in get_args(annotation)
+    if origin is list:
+        (item,) = get_args(annotation)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key_t, val_t = get_args(annotation)
+        return isinstance(value, dict) and all(_type_ok(k, key_t) and _type_ok(v, val_t) for k, v in value.items())
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        return any(_type_ok(value, a) for a in get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(annotation))
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+@dataclasses.dataclass
+class Config:
+    """Base class; see module docstring."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            annotation = hints[f.name]
+            if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                object.__setattr__(self, f.name, value)
+            if not _type_ok(value, annotation):
+                raise ConfigError(
+                    f"config value {type(self).__name__}.{f.name}={value!r} has the wrong type: "
+                    f"expected {_describe(annotation)}; fix the preset file or the --set override."
+                )
+        self.validate()
+
+    def validate(self) -> None:
+        """Range checks; subclasses raise ConfigError naming the field, the value and the fix."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Stable short hash of the config, used to key cached artefacts."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> "Config":
+        """Build from a plain dict; unknown keys are errors with did-you-mean; nested Config
+        fields are built recursively."""
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in names:
+                raise ConfigError(did_you_mean(f"{where}{key}", [f"{where}{n}" for n in names], "config key"))
+            annotation = hints[key]
+            if isinstance(annotation, type) and issubclass(annotation, Config):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"config value {where}{key} must be a table of settings, got {value!r}.")
+                value = annotation.from_dict(value, f"{where}{key}.")
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=VALUE`` -> (["a","b","c"], parsed VALUE). VALUE is read as JSON when it parses
+    (numbers, true/false, lists), else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. --set pretrain.steps=200).")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a table of settings.")
+        node[path[-1]] = value
+    return out
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset's settings as a dict (presets are TOML files shipped in taskloc/presets)."""
+    if name not in PRESETS:
+        raise ConfigError(did_you_mean(name, list(PRESETS), "preset"))
+    text = resources.files("taskloc.presets").joinpath(f"{name}.toml").read_text()
+    return tomllib.loads(text)
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass a TOML file made from a preset.")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None

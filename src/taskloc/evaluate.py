@@ -1,0 +1,41 @@
+"""Accuracy per task and level by exact match.
+
+Greedy decoding reproduces the target exactly iff, at every answer position, the argmax of the
+next-token distribution given the *gold* prefix is the gold token (EOS included). So exact match
+is computed from one teacher-forced forward pass per batch instead of token-by-token decoding;
+tests check it against ``TinyLM.generate``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .data import eval_examples
+from .model import TinyLM
+from .tasks import Example, Task, encode_batch
+
+
+@torch.no_grad()
+def exact_match(model: TinyLM, examples: list[Example], batch_size: int = 512) -> torch.Tensor:
+    """Bool tensor (N,): does greedy decoding reproduce each example's target?"""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        inputs, labels, mask = (t.to(device) for t in encode_batch([(e.prompt, e.target) for e in chunk]))
+        pred = model(inputs).argmax(-1)  # (B, T)
+        wrong = (pred != labels) & mask
+        out.append(~wrong.any(dim=1))
+    return torch.cat(out).cpu()
+
+
+def accuracy_table(model: TinyLM, tasks: list[Task], levels: list[int], n: int, seed: int) -> dict[str, dict[str, list[int]]]:
+    """{task: {level: [correct, total]}} on fixed evaluation sets."""
+    table: dict[str, dict[str, list[int]]] = {}
+    for task in tasks:
+        row = {}
+        for level in levels:
+            if level in task.levels:
+                hits = exact_match(model, eval_examples(task, level, n, seed))
+                row[str(level)] = [int(hits.sum()), len(hits)]
+        table[task.name] = row
+    return table

@@ -1,0 +1,184 @@
+"""TinyLM: a small decoder-only transformer (pre-norm GPT) with named hook sites.
+
+Sites, per block i (TransformerLens names):
+    blocks.{i}.hook_resid_pre      residual stream entering the block        (B, T, D)
+    blocks.{i}.attn.hook_pattern   attention probabilities                   (B, H, Tq, Tk)
+    blocks.{i}.hook_attn_out       attention output added to the residual    (B, T, D)
+    blocks.{i}.hook_resid_mid      residual after attention                  (B, T, D)
+    blocks.{i}.mlp.hook_post       MLP hidden activation after nonlinearity  (B, T, M)
+    blocks.{i}.hook_mlp_out        MLP output added to the residual          (B, T, D)
+    blocks.{i}.hook_resid_post     residual stream leaving the block         (B, T, D)
+and ``ln_final.hook_normalized`` (B, T, D), the input of the unembedding.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import ATTENTION
+from .config import Config, field
+from .errors import ConfigError
+from .hooks import HookPoint, name_sites
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B, H, T_past, Dh)
+
+
+@dataclass
+class ModelConfig(Config):
+    vocab_size: int = field(64, "number of token ids")
+    block_size: int = field(64, "longest sequence (prompt + answer) the model can read")
+    n_layer: int = field(4, "number of transformer blocks")
+    n_head: int = field(4, "attention heads per block")
+    d_model: int = field(128, "residual stream width")
+    d_mlp: int = field(512, "MLP hidden width")
+    activation: Literal["relu", "gelu", "silu"] = field("gelu", "MLP nonlinearity")
+    attention: str = field("dense", "attention kernel name (see taskloc.attention.ATTENTION)")
+    hook_sites: bool = field(True, "place hook sites in the forward pass (False only for benchmarks)")
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_mlp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be at least 1.")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
+                "pick a head count that divides the width."
+            )
+        ATTENTION.get(self.attention)  # unknown kernel -> did-you-mean error
+
+
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.kernel = ATTENTION.get(cfg.attention)
+        self.hook_pattern = HookPoint()
+
+    def forward(self, x: torch.Tensor, past: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+        b, t, d = x.shape
+        # (B, T, 3D) -> 3 x (B, H, T, Dh)
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, Dh)
+            v = torch.cat([past[1], v], dim=2)
+        y = self.kernel(q, k, v, self.hook_pattern)  # (B, H, T, Dh)
+        y = y.transpose(1, 2).reshape(b, t, d)  # heads back side by side: (B, T, D)
+        return self.out(y), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp)
+        self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model)
+        self.act = ACTIVATIONS[cfg.activation]
+        self.hook_post = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc_out(self.hook_post(self.act(self.fc_in(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.sites = cfg.hook_sites
+        for site in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
+            setattr(self, site, HookPoint())
+
+    def forward(self, x: torch.Tensor, past=None):
+        if not self.sites:  # benchmark baseline: the same arithmetic with no site calls
+            a, kv = self.attn(self.ln_attn(x), past)
+            x = x + a
+            return x + self.mlp(self.ln_mlp(x)), kv
+        x = self.hook_resid_pre(x)
+        a, kv = self.attn(self.ln_attn(x), past)
+        x = self.hook_resid_mid(x + self.hook_attn_out(a))
+        x = self.hook_resid_post(x + self.hook_mlp_out(self.mlp(self.ln_mlp(x))))
+        return x, kv
+
+
+class FinalNorm(nn.LayerNorm):
+    def __init__(self, d: int) -> None:
+        super().__init__(d)
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(super().forward(x))
+
+
+class TinyLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_final = FinalNorm(cfg.d_model)
+        self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+        # GPT-2 scaling: residual-writing projections shrink with depth so the stream stays O(1).
+        for name, p in self.named_parameters():
+            if name.endswith(("attn.out.weight", "mlp.fc_out.weight")):
+                nn.init.normal_(p, std=0.02 / (2 * cfg.n_layer) ** 0.5)
+        name_sites(self)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, return_cache: bool = False):
+        """idx: (B, T) token ids. With ``cache`` (from a previous call) the T tokens continue those
+        sequences. Returns logits (B, T, V), and the new cache when ``return_cache``."""
+        b, t = idx.shape
+        start = cache[0][0].shape[2] if cache else 0
+        if start + t > self.cfg.block_size:
+            raise ConfigError(
+                f"sequence of {start + t} tokens exceeds model.block_size={self.cfg.block_size}; "
+                "shorten the prompt or raise block_size."
+            )
+        pos = torch.arange(start, start + t, device=idx.device)
+        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, D)
+        new_cache: KVCache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, cache[i] if cache else None)
+            new_cache.append(kv)
+        logits = self.unembed(self.ln_final(x))  # (B, T, V)
+        return (logits, new_cache) if return_cache else logits
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, eos_id: Optional[int] = None) -> torch.Tensor:
+        """Greedy decoding with a KV cache. idx: (B, T) prompts of equal length. Returns the new
+        tokens (B, <= max_new_tokens); a row that emitted ``eos_id`` is padded with eos_id."""
+        max_new_tokens = min(max_new_tokens, self.cfg.block_size - idx.shape[1])
+        logits, cache = self(idx, return_cache=True)
+        out = []
+        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        for step in range(max_new_tokens):
+            nxt = logits[:, -1].argmax(-1)  # (B,)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            out.append(nxt)
+            if (eos_id is not None and bool(done.all())) or step == max_new_tokens - 1:
+                break
+            logits, cache = self(nxt[:, None], cache=cache, return_cache=True)
+        return torch.stack(out, dim=1) if out else idx[:, :0]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,169 @@
+"""One readable training loop for every regime: pretraining on a task mixture, fine-tuning on
+one task, fine-tuning under a parameter mask, multi-task mixed and sequential (a list of phases).
+
+Checkpoints are safetensors holding the model, the optimizer state and the step; a killed run
+resumes from the last one and, because batches are a pure function of (seed, step) and CPU
+arithmetic is deterministic, ends with bit-identical weights.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from .config import Config, field
+from .data import TaskMixture
+from .errors import ConfigError
+from .io.atomic import write_safetensors
+from .model import TinyLM
+from .progress import progress_bar
+from .tasks import encode_batch
+
+Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
+
+
+@dataclass
+class TrainConfig(Config):
+    steps: int = field(1000, "optimizer steps")
+    batch_size: int = field(128, "examples per step")
+    lr: float = field(3e-3, "peak learning rate (AdamW)")
+    warmup: int = field(50, "linear warm-up steps")
+    min_lr_frac: float = field(0.1, "cosine decay floor as a fraction of lr")
+    weight_decay: float = field(0.0, "AdamW weight decay")
+    grad_clip: float = field(1.0, "max global gradient norm")
+    eval_every: int = field(200, "steps between evaluations (learning curves)")
+    ckpt_every: int = field(100, "steps between resumable checkpoints")
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be positive.")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def answer_loss(model: TinyLM, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over answer tokens only (prompt tokens are given, not learned)."""
+    logits = model(inputs)  # (B, T, V)
+    return F.cross_entropy(logits[mask], labels[mask])
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"optim.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def save_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer, step: int, history: list, meta: dict) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(_optimizer_tensors(opt))
+    metadata = {"step": str(step), "history": json.dumps(history), **{k: str(v) for k, v in meta.items()}}
+    write_safetensors(path, tensors, metadata)
+
+
+def load_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer) -> tuple[int, list]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
+    return int(meta["step"]), json.loads(meta["history"])
+
+
+def train(
+    model: TinyLM,
+    cfg: TrainConfig,
+    mixture: TaskMixture,
+    *,
+    checkpoint: Optional[Path] = None,
+    evaluate: Optional[Callable[[TinyLM], dict]] = None,
+    mask: Optional[Mask] = None,
+    label: str = "train",
+    meta: Optional[dict] = None,
+    log: Optional[Callable[[dict], None]] = None,
+) -> list[dict]:
+    """Train ``model`` in place for cfg.steps steps on batches from ``mixture``.
+
+    checkpoint: resumable state file; resumed from when present, deleted at the end.
+    evaluate:   model -> metrics dict, called every cfg.eval_every steps and at the end; the
+                history of those calls (the learning curve) is returned.
+    mask:       when given, only entries where mask is True change: gradients are masked so Adam's
+                moments stay clean, and masked-out entries are restored after every step so that
+                no weight decay or numerical drift can move them.
+    """
+    device = next(model.parameters()).device
+    params = dict(model.named_parameters())
+    if mask is not None:
+        unknown = sorted(set(mask) - set(params))
+        if unknown:
+            raise ConfigError(f"mask names parameters the model lacks: {unknown[:3]}.")
+        frozen = {n: p.detach().clone() for n, p in params.items() if n in mask}
+        for n, p in params.items():
+            if n not in mask:
+                p.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in params.values() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    start, history = 0, []
+    if checkpoint is not None and checkpoint.exists():
+        start, history = load_checkpoint(checkpoint, model, opt)
+    model.train()
+    with progress_bar(label, total=cfg.steps, completed=start) as advance:
+        for step in range(start, cfg.steps):
+            inputs, labels, ans = (t.to(device) for t in encode_batch(
+                [(e.prompt, e.target) for e in mixture.batch(step, cfg.batch_size)]))
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss = answer_loss(model, inputs, labels, ans)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if mask is not None:
+                for n, m in mask.items():
+                    if params[n].grad is not None:
+                        params[n].grad.mul_(m)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            if mask is not None:
+                with torch.no_grad():
+                    for n, m in mask.items():
+                        params[n].copy_(torch.where(m, params[n], frozen[n]))
+            done = step + 1
+            if log is not None:
+                log({"phase": label, "step": done, "loss": round(loss.item(), 6), "lr": lr_at(step, cfg)})
+            if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+                model.eval()
+                history.append({"step": done, **evaluate(model)})
+                model.train()
+            if checkpoint is not None and done % cfg.ckpt_every == 0 and done < cfg.steps:
+                save_checkpoint(checkpoint, model, opt, done, history, meta or {})
+            advance(1, loss=loss.item())
+    model.eval()
+    for p in params.values():
+        p.requires_grad_(True)
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()
+    return history
