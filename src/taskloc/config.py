@@ -7,6 +7,7 @@ subclasses add range checks in ``validate()``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -24,8 +25,8 @@ PRESETS = ("quick", "default", "full")
 
 def field(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field with its help text (shown by `taskloc studies --verbose` and in errors)."""
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return dataclasses.field(default_factory=lambda d=default: copy.deepcopy(d), metadata={"help": help}, **kw)
     return dataclasses.field(default=default, metadata={"help": help}, **kw)
 
 

@@ -1,0 +1,92 @@
+"""Draw figure specs (see studies/base.py) as PNG bytes with matplotlib."""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PALETTE = ["#1f6feb", "#d1495b", "#2a9d8f", "#e9a23b", "#7b4fb8", "#5c6b73", "#8ab17d", "#c06c84"]
+plt.rcParams.update({
+    "figure.dpi": 110, "font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
+    "axes.grid": True, "grid.alpha": 0.25, "axes.titleweight": "bold", "legend.frameon": False,
+})
+
+
+def render(spec: dict[str, Any]) -> bytes:
+    draw = {"lines": _lines, "heatmap": _heatmap, "bars": _bars}[spec["kind"]]
+    fig = draw(spec)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _lines(spec: dict[str, Any]):
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for i, s in enumerate(spec["series"]):
+        color = s.get("color", PALETTE[i % len(PALETTE)])
+        style = s.get("style", "-")
+        ax.plot(s["x"], s["y"], style, color=color, label=s["label"], marker="o", markersize=3, linewidth=1.6)
+        if s.get("lo") is not None and s.get("hi") is not None:
+            ax.fill_between(s["x"], s["lo"], s["hi"], color=color, alpha=0.15, linewidth=0)
+    if spec.get("logx"):
+        ax.set_xscale("log")
+    if spec.get("ylim"):
+        ax.set_ylim(*spec["ylim"])
+    ax.set(title=spec["title"], xlabel=spec["xlabel"], ylabel=spec["ylabel"])
+    if len(spec["series"]) > 1:
+        ax.legend(loc="best", fontsize=8, ncol=2 if len(spec["series"]) > 5 else 1)
+    return fig
+
+
+def _heatmap(spec: dict[str, Any]):
+    values = np.asarray(spec["values"], dtype=float)
+    rows, cols = spec["rows"], spec["cols"]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(cols) + 2), max(2.5, 0.45 * len(rows) + 1.2)))
+    im = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.grid(False)
+    for r in range(len(rows)):
+        for c in range(len(cols)):
+            v = values[r, c]
+            if np.isfinite(v):
+                ax.text(c, r, format(v, spec.get("fmt", ".2f")), ha="center", va="center", fontsize=8,
+                        color="white" if v < 0.6 else "black")
+    groups = spec.get("col_groups") or {}
+    for name, members in groups.items():
+        idx = [cols.index(m) for m in members if m in cols]
+        if idx:
+            ax.annotate(name, xy=((min(idx) + max(idx)) / 2, -0.9), xycoords="data", ha="center",
+                        fontsize=9, fontweight="bold", annotation_clip=False)
+            if min(idx) > 0:
+                ax.axvline(min(idx) - 0.5, color="white", linewidth=2)
+    ax.set_title(spec["title"], pad=22 if groups else 6)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    return fig
+
+
+def _bars(spec: dict[str, Any]):
+    cats, groups = spec["categories"], spec["groups"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cats) + 2), 3.6))
+    width = 0.8 / max(1, len(groups))
+    x = np.arange(len(cats))
+    for i, g in enumerate(groups):
+        vals = np.asarray(g["values"], dtype=float)
+        err = None
+        if g.get("lo") is not None:
+            err = np.vstack([vals - np.asarray(g["lo"], float), np.asarray(g["hi"], float) - vals]).clip(min=0)
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, vals, width, yerr=err, capsize=2,
+               color=g.get("color", PALETTE[i % len(PALETTE)]), label=g["label"])
+    ax.set_xticks(x, cats, rotation=30 if max(len(c) for c in cats) > 8 else 0, ha="right" if max(len(c) for c in cats) > 8 else "center")
+    if spec.get("ylim"):
+        ax.set_ylim(*spec["ylim"])
+    ax.set(title=spec["title"], ylabel=spec["ylabel"])
+    if len(groups) > 1:
+        ax.legend(fontsize=8)
+    return fig

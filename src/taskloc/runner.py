@@ -1,0 +1,230 @@
+"""Runs studies: resolves and validates everything first (so bad input leaves nothing behind),
+then shares cached artefacts (the pretrained base is trained once per config and reused by every
+study), writes results.json and report.html.
+
+A run directory is the unit of reproducibility:
+    config.json        the full resolved configuration
+    metrics.jsonl      training losses and other per-step logs (append-only)
+    artefacts/         cached models, keyed by config fingerprint (safetensors with metadata)
+    studies/NAME.json  each finished study's result, reused when the run is resumed
+    results.json       every study's result and the verdict table; same seed -> same bytes
+    timings.json       wall-clock seconds (kept out of results.json so that stays reproducible)
+    report.html        self-contained report
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import __version__
+from .config import Config, apply_overrides, field, load_config_file, load_preset
+from .data import DataConfig, TaskMixture
+from .device import pick_device
+from .errors import ConfigError, RunDirError
+from .evaluate import accuracy_table
+from .io.atomic import write_json, write_safetensors
+from .model import ModelConfig, TinyLM
+from .progress import console
+from .studies import STUDIES, Study
+from .tasks import VOCAB_SIZE, Task
+from .train import TrainConfig, train
+
+
+@dataclass
+class EvalConfig(Config):
+    examples: int = field(200, "examples per (task, level) cell in every evaluation")
+    seed: int = field(1234, "seed of the fixed evaluation sets")
+
+    def validate(self) -> None:
+        if self.examples < 1:
+            raise ConfigError(f"eval.examples={self.examples} must be at least 1.")
+
+
+@dataclass
+class RunConfig(Config):
+    preset: str = field("default", "preset the settings started from")
+    seed: int = field(0, "seed for model initialisation and training data")
+    model: ModelConfig = field(ModelConfig(), "TinyLM architecture")
+    data: DataConfig = field(DataConfig(), "tasks and levels")
+    pretrain: TrainConfig = field(TrainConfig(), "pretraining of the base model")
+    eval: EvalConfig = field(EvalConfig(), "evaluation sets")
+    studies: dict[str, dict[str, Any]] = field({}, "per-study settings, by study name")
+
+    def validate(self) -> None:
+        if self.model.vocab_size != VOCAB_SIZE:
+            raise ConfigError(f"model.vocab_size={self.model.vocab_size} must equal the task vocabulary size {VOCAB_SIZE}.")
+
+
+def resolve_config(preset: str, config_file: Optional[Path] = None, overrides: tuple[str, ...] = ()) -> RunConfig:
+    data = load_preset(preset)
+    if config_file is not None:
+        data = _deep_merge(data, load_config_file(config_file))
+    data = apply_overrides(data, list(overrides))
+    data.setdefault("preset", preset)
+    data.setdefault("model", {}).setdefault("vocab_size", VOCAB_SIZE)
+    return RunConfig.from_dict(data)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class RunContext:
+    """What a study sees: the config, the device, the tasks, cached artefacts and a log."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, device: torch.device, tasks: list[Task]) -> None:
+        self.run_dir, self.cfg, self.device, self.tasks = run_dir, cfg, device, tasks
+        self._base: Optional[tuple[TinyLM, list[dict]]] = None
+
+    def log(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def artefact_dir(self, kind: str, fingerprint: str) -> Path:
+        path = self.run_dir / "artefacts" / f"{kind}-{fingerprint}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def new_model(self, seed: Optional[int] = None) -> TinyLM:
+        torch.manual_seed(self.cfg.seed if seed is None else seed)
+        return TinyLM(self.cfg.model).to(self.device)
+
+    def accuracy(self, model: TinyLM, levels: Optional[list[int]] = None, tasks: Optional[list[Task]] = None):
+        levels = levels or self.cfg.data.train_levels + self.cfg.data.ood_levels
+        return accuracy_table(model, tasks or self.tasks, levels, self.cfg.eval.examples, self.cfg.eval.seed)
+
+    def base_model(self) -> tuple[TinyLM, list[dict]]:
+        """The pretrained base and its learning curve; trained once per config, then loaded."""
+        if self._base is None:
+            self._base = self._load_or_pretrain()
+        return self._base
+
+    def _load_or_pretrain(self) -> tuple[TinyLM, list[dict]]:
+        cfg = self.cfg
+        key = Config.fingerprint(_Key(cfg.seed, cfg.model, cfg.data, cfg.pretrain, cfg.eval))
+        folder = self.artefact_dir("base", key)
+        final = folder / "model.safetensors"
+        model = self.new_model()
+        if final.exists():
+            model.load_state_dict(load_model_tensors(final))
+            return model, json.loads((folder / "history.json").read_text())
+        mixture = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed)
+        history = train(model, cfg.pretrain, mixture, checkpoint=folder / "checkpoint.safetensors",
+                        evaluate=lambda m: {"accuracy": self.accuracy(m)}, label="pretrain base",
+                        meta={"kind": "pretrain", "data_hash": mixture.fingerprint()},
+                        log=lambda r: self.log(r) if r["step"] % 10 == 0 else None)
+        write_json(folder / "history.json", history)
+        write_safetensors(final, model.state_dict(), {
+            "taskloc": json.dumps({"kind": "base", "model": cfg.model.to_dict(), "step": cfg.pretrain.steps,
+                                   "data_hash": mixture.fingerprint(), "seed": cfg.seed})})
+        return model, history
+
+
+@dataclass
+class _Key(Config):
+    seed: int = 0
+    model: ModelConfig = field(ModelConfig(), "")
+    data: DataConfig = field(DataConfig(), "")
+    pretrain: TrainConfig = field(TrainConfig(), "")
+    eval: EvalConfig = field(EvalConfig(), "")
+
+
+def load_model_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def resolve_studies(names: list[str], cfg: RunConfig) -> list[tuple[Study, Config]]:
+    names = names or STUDIES.names()
+    unknown_cfg = sorted(set(cfg.studies) - set(STUDIES.names()))
+    if unknown_cfg:
+        STUDIES.get(unknown_cfg[0])  # raises with did-you-mean
+    out = []
+    for name in names:
+        study_cls = STUDIES.get(name)
+        study_cfg = study_cls.Config.from_dict(cfg.studies.get(name, {}), f"studies.{name}.")
+        out.append((study_cls(), study_cfg))
+    return out
+
+
+def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path] = None,
+                config_file: Optional[Path] = None, overrides: tuple[str, ...] = (), device: str = "auto") -> Path:
+    # Everything that can be wrong with the input is checked before the run directory exists.
+    cfg = resolve_config(preset, config_file, tuple(overrides))
+    plan = resolve_studies(list(names), cfg)
+    tasks = cfg.data.load_tasks()
+    dev = pick_device(device)
+    run_dir = Path(out) if out is not None else Path("runs") / preset
+    config_json = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
+    if (run_dir / "config.json").exists():
+        if (run_dir / "config.json").read_text() != config_json:
+            raise RunDirError(f"{run_dir} holds a run with a different configuration; pass another --out or delete it.")
+        console.print(f"resuming run in {run_dir}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunDirError(f"{run_dir} exists and is not a taskloc run directory; pass another --out.")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        (run_dir / "config.json").write_text(config_json)
+        ctx = RunContext(run_dir, cfg, dev, tasks)
+        results, timings = {}, {}
+        for study, study_cfg in plan:
+            started = time.perf_counter()
+            results[study.name] = _run_cached(ctx, study, study_cfg)
+            timings[study.name] = round(time.perf_counter() - started, 2)
+        document = build_results(cfg, results)
+        write_json(run_dir / "results.json", document)
+        write_json(run_dir / "timings.json", {"seconds": timings, "device": str(dev), "threads": torch.get_num_threads()})
+        from .report import write_report
+
+        write_report(run_dir, document)
+    except Exception:
+        if created:  # a run that failed before producing anything leaves nothing behind
+            if not any((run_dir / "artefacts").glob("*/*.safetensors")):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return run_dir
+
+
+def _run_cached(ctx: RunContext, study: Study, study_cfg: Config) -> dict[str, Any]:
+    path = ctx.run_dir / "studies" / f"{study.name}.json"
+    key = study_cfg.fingerprint()
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("config_fingerprint") == key:
+            return saved["result"]
+    console.print(f"[bold]study {study.name}[/bold]: {study.summary}")
+    result = study.run(ctx, study_cfg).to_dict()
+    for claim in result["claims"]:
+        claim["study"] = study.name
+    write_json(path, {"config_fingerprint": key, "result": result})
+    return result
+
+
+def build_results(cfg: RunConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    claims = [c for r in results.values() for c in r["claims"]]
+    return {"taskloc_version": __version__, "preset": cfg.preset, "config": cfg.to_dict(),
+            "claims": claims, "studies": results}
+
+
+def describe_studies() -> None:
+    from rich.table import Table
+
+    table = Table(title="taskloc studies")
+    table.add_column("study")
+    table.add_column("claims")
+    table.add_column("what it does")
+    for name in STUDIES.names():
+        s = STUDIES.get(name)
+        table.add_row(name, ", ".join(s.claims) or "-", s.summary)
+    console.print(table)

@@ -1,0 +1,5 @@
+"""Study registry; importing this package registers every built-in study."""
+from .base import STUDIES, Claim, Study, StudyResult
+from . import base_model  # noqa: F401,E402
+
+__all__ = ["STUDIES", "Claim", "Study", "StudyResult"]

@@ -1,0 +1,103 @@
+import pytest
+import torch
+
+from taskloc.errors import ConfigError, HookError
+from taskloc.evaluate import exact_match
+from taskloc.hooks import capture, hooks, resolve_sites, site_names
+from taskloc.model import ModelConfig, TinyLM
+from taskloc.tasks import EOS, VOCAB_SIZE, Example, decode, encode
+
+
+def test_every_design_site_exists(tiny_model):
+    names = set(site_names(tiny_model))
+    for i in range(2):
+        for site in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
+                     "attn.hook_pattern", "mlp.hook_post"):
+            assert f"blocks.{i}.{site}" in names
+    assert "ln_final.hook_normalized" in names
+
+
+def test_site_shapes_and_pattern_rows(tiny_model):
+    x = torch.randint(2, VOCAB_SIZE, (3, 11))
+    with capture(tiny_model, ["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_post"]) as acts:
+        tiny_model(x)
+    assert acts["blocks.1.hook_resid_post"].shape == (3, 11, 32)
+    assert acts["blocks.0.mlp.hook_post"].shape == (3, 11, 64)
+    pattern = acts["blocks.0.attn.hook_pattern"]
+    assert pattern.shape == (3, 2, 11, 11)
+    torch.testing.assert_close(pattern.sum(-1), torch.ones(3, 2, 11))
+    assert torch.all(pattern.triu(diagonal=1) == 0)  # causal
+
+
+def test_explicit_pattern_path_matches_fused_path(tiny_model):
+    x = torch.randint(2, VOCAB_SIZE, (2, 9))
+    fused = tiny_model(x)
+    with hooks(tiny_model, {"blocks.0.attn.hook_pattern": lambda p, n: None, "blocks.1.attn.hook_pattern": lambda p, n: None}):
+        explicit = tiny_model(x)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_hooks_replace_and_are_always_removed(tiny_model):
+    x = torch.randint(2, VOCAB_SIZE, (2, 7))
+    before = tiny_model(x)
+    with pytest.raises(RuntimeError, match="boom"):
+        with hooks(tiny_model, {"blocks.0.hook_resid_post": lambda h, n: h + 5.0}):
+            steered = tiny_model(x)
+            assert not torch.allclose(steered, before)
+            raise RuntimeError("boom")
+    assert torch.equal(tiny_model(x), before)
+    assert not any(m._forward_hooks for m in tiny_model.modules())
+
+
+def test_bad_site_name_suggests(tiny_model):
+    with pytest.raises(HookError, match=r"unknown hook site 'blocks.0.hook_resid_pots'.*Did you mean 'blocks.0.hook_resid_post'"):
+        with hooks(tiny_model, {"blocks.0.hook_resid_pots": lambda h, n: h}):
+            pass
+    assert resolve_sites(tiny_model, ["blocks.*.hook_resid_post"]) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+def test_sites_disabled_is_same_arithmetic(tiny_model):
+    cfg = ModelConfig(**{**tiny_model.cfg.to_dict(), "hook_sites": False})
+    plain = TinyLM(cfg).eval()
+    plain.load_state_dict(tiny_model.state_dict())
+    x = torch.randint(2, VOCAB_SIZE, (2, 13))
+    assert torch.equal(plain(x), tiny_model(x))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+def test_kv_cache_generation_matches_full_recompute(activation):
+    torch.manual_seed(1)
+    model = TinyLM(ModelConfig(vocab_size=VOCAB_SIZE, n_layer=2, n_head=2, d_model=32, d_mlp=64, activation=activation)).eval()
+    prompt = torch.randint(2, VOCAB_SIZE, (3, 5))
+    new = model.generate(prompt, max_new_tokens=8)
+    seq = prompt
+    for _ in range(8):  # greedy without a cache
+        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(new, seq[:, 5:])
+
+
+def test_teacher_forced_exact_match_equals_greedy_decoding(tiny_model):
+    prompt = "A:12+34="
+    g = tiny_model.generate(torch.tensor([encode(prompt)]), max_new_tokens=8)[0]
+    # Make greedy decoding stop after k tokens: swap the output rows of g[k] and EOS, so the
+    # model emits EOS exactly where it used to emit g[k] (and nowhere earlier).
+    k = next(i for i in range(2, 8) if int(g[i]) not in g[:i].tolist() and bool((g[:i] >= 2).all()))
+    with torch.no_grad():
+        w = tiny_model.unembed.weight
+        w[[int(g[k]), EOS]] = w[[EOS, int(g[k])]]
+    greedy = tiny_model.generate(torch.tensor([encode(prompt)]), max_new_tokens=8, eos_id=EOS)[0].tolist()
+    text = decode(greedy)
+    assert greedy[k] == EOS and text == decode(g[:k].tolist())
+    wrong_last = text[:-1] + ("x" if text[-1] != "x" else "y")
+    hits = exact_match(tiny_model, [Example(prompt, text, 1), Example(prompt, wrong_last, 1),
+                                    Example(prompt, text[:-1], 1), Example(prompt, text + "0", 1)])
+    assert hits.tolist() == [True, False, False, False]
+
+
+def test_bad_model_config_is_one_clear_error():
+    with pytest.raises(ConfigError, match="d_model=30 is not divisible by model.n_head=4"):
+        ModelConfig(d_model=30, n_head=4)
+    with pytest.raises(ConfigError, match="wrong type"):
+        ModelConfig(n_layer="four")
+    with pytest.raises(Exception, match="Did you mean 'dense'"):
+        ModelConfig(attention="dens")
