@@ -1,0 +1,88 @@
+"""Run-level contracts: same seed -> identical results.json; a SIGKILLed run resumes to the same
+results; `taskloc report` rebuilds the page from results.json alone."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from taskloc.cli import main
+
+ARGS = ["run", "base-model", "--preset", "quick", "--set", "pretrain.steps=60", "--set", "pretrain.ckpt_every=10"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    main(ARGS + ["--out", str(out)])
+    return out
+
+
+def test_run_directory_contents(reference_run):
+    for name in ("config.json", "results.json", "report.html", "metrics.jsonl", "timings.json", "studies/base-model.json"):
+        assert (reference_run / name).is_file(), name
+    doc = json.loads((reference_run / "results.json").read_text())
+    claims = {c["id"]: c for c in doc["claims"]}
+    assert set(claims) == {"base-competent", "base-ood-gap"}
+    for c in claims.values():
+        assert c["verdict"] in ("pass", "fail") and len(c["interval"]) == 2 and c["interval"][0] <= c["interval"][1]
+    acc = doc["studies"]["base-model"]["metrics"]["accuracy"]
+    assert set(acc) == {"add", "sort", "reverse", "hop", "copy", "trace", "arith"}
+    # A 60-step quick model cannot be competent; the verdict must say so rather than pass.
+    assert claims["base-competent"]["verdict"] == "fail"
+    html = (reference_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "base-competent" in html and "<script" not in html
+
+
+def test_same_seed_gives_identical_results(reference_run, tmp_path):
+    out = tmp_path / "again"
+    main(ARGS + ["--out", str(out)])
+    assert (out / "results.json").read_bytes() == (reference_run / "results.json").read_bytes()
+
+
+def test_different_seed_gives_different_results(reference_run, tmp_path):
+    out = tmp_path / "seed1"
+    main(ARGS + ["--set", "seed=1", "--out", str(out)])
+    a = json.loads((out / "results.json").read_text())["studies"]["base-model"]["metrics"]
+    b = json.loads((reference_run / "results.json").read_text())["studies"]["base-model"]["metrics"]
+    assert a != b
+
+
+def test_sigkill_during_pretraining_then_resume(reference_run, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "taskloc", *ARGS, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TASKLOC_QUIET": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("artefacts/base-*/checkpoint.safetensors")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(out.glob("artefacts/base-*/checkpoint.safetensors")), "run finished before it could be killed"
+    assert not (out / "results.json").exists()
+    main(ARGS + ["--out", str(out)])  # resume
+    assert (out / "results.json").read_bytes() == (reference_run / "results.json").read_bytes()
+
+
+def test_rerun_reuses_cached_base_and_results(reference_run, tmp_path):
+    weights = next(reference_run.glob("artefacts/base-*/model.safetensors"))
+    stamp = weights.stat().st_mtime_ns
+    main(ARGS + ["--out", str(reference_run)])
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_changed_config_refuses_to_mix_runs(reference_run, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(ARGS + ["--set", "seed=5", "--out", str(reference_run)])
+    assert exc.value.code == 2 and "different configuration" in capsys.readouterr().err
+
+
+def test_report_rebuild_is_identical(reference_run):
+    page = reference_run / "report.html"
+    original = page.read_text()
+    page.unlink()
+    main(["report", str(reference_run)])
+    assert page.read_text() == original
