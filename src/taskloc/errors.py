@@ -34,3 +34,7 @@ class HookError(TasklocError):
 
 class RunDirError(TasklocError):
     """A run directory is missing, incomplete, or belongs to a different configuration."""
+
+
+class UnsupportedModelError(CheckpointError):
+    """A model folder whose architecture taskloc cannot map onto its hook sites."""
