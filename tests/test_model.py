@@ -64,10 +64,11 @@ def test_sites_disabled_is_same_arithmetic(tiny_model):
     assert torch.equal(plain(x), tiny_model(x))
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
-def test_kv_cache_generation_matches_full_recompute(activation):
+@pytest.mark.parametrize("activation, positional", [("relu", "rope"), ("gelu", "learned"), ("silu", "rope")])
+def test_kv_cache_generation_matches_full_recompute(activation, positional):
     torch.manual_seed(1)
-    model = TinyLM(ModelConfig(vocab_size=VOCAB_SIZE, n_layer=2, n_head=2, d_model=32, d_mlp=64, activation=activation)).eval()
+    model = TinyLM(ModelConfig(vocab_size=VOCAB_SIZE, n_layer=2, n_head=2, d_model=32, d_mlp=64,
+                               activation=activation, positional=positional)).eval()
     prompt = torch.randint(2, VOCAB_SIZE, (3, 5))
     new = model.generate(prompt, max_new_tokens=8)
     seq = prompt
@@ -77,11 +78,14 @@ def test_kv_cache_generation_matches_full_recompute(activation):
 
 
 def test_teacher_forced_exact_match_equals_greedy_decoding(tiny_model):
-    prompt = "A:12+34="
-    g = tiny_model.generate(torch.tensor([encode(prompt)]), max_new_tokens=8)[0]
-    # Make greedy decoding stop after k tokens: swap the output rows of g[k] and EOS, so the
+    # Make greedy decoding stop after k >= 1 tokens: swap the output rows of g[k] and EOS, so the
     # model emits EOS exactly where it used to emit g[k] (and nowhere earlier).
-    k = next(i for i in range(2, 8) if int(g[i]) not in g[:i].tolist() and bool((g[:i] >= 2).all()))
+    for prompt in ("A:12+34=", "S:3141>", "R:abcde>", "H:ab,bc|a=", "C:x[yz]w>"):
+        g = tiny_model.generate(torch.tensor([encode(prompt)]), max_new_tokens=8)[0]
+        ks = [i for i in range(1, 8) if int(g[i]) not in g[:i].tolist() and bool((g[:i] >= 2).all())]
+        if ks:
+            k = ks[0]
+            break
     with torch.no_grad():
         w = tiny_model.unembed.weight
         w[[int(g[k]), EOS]] = w[[EOS, int(g[k])]]
@@ -101,3 +105,17 @@ def test_bad_model_config_is_one_clear_error():
         ModelConfig(n_layer="four")
     with pytest.raises(Exception, match="Did you mean 'dense'"):
         ModelConfig(attention="dens")
+
+
+def test_rotary_encoding_is_relative():
+    # Scores q_i . k_j under RoPE depend only on i - j: shifting both positions leaves them unchanged.
+    from taskloc.model import apply_rotary, rotary_tables
+
+    cos, sin = rotary_tables(32, 8)
+    q, k = torch.randn(8), torch.randn(8)
+    def score(i, j):
+        qi = apply_rotary(q.view(1, 1, 1, 8), cos[i : i + 1], sin[i : i + 1]).flatten()
+        kj = apply_rotary(k.view(1, 1, 1, 8), cos[j : j + 1], sin[j : j + 1]).flatten()
+        return float(qi @ kj)
+    assert score(5, 2) == pytest.approx(score(20, 17), abs=1e-5)
+    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)

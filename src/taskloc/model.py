@@ -37,6 +37,8 @@ class ModelConfig(Config):
     d_mlp: int = field(512, "MLP hidden width")
     activation: Literal["relu", "gelu", "silu"] = field("gelu", "MLP nonlinearity")
     attention: str = field("dense", "attention kernel name (see taskloc.attention.ATTENTION)")
+    positional: Literal["rope", "learned"] = field(
+        "rope", "rotary position encoding on q/k (relative: lookup circuits form fast) or learned absolute embeddings")
     hook_sites: bool = field(True, "place hook sites in the forward pass (False only for benchmarks)")
 
     def validate(self) -> None:
@@ -54,10 +56,33 @@ class ModelConfig(Config):
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
 
+def rotary_tables(block_size: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (block_size, head_dim // 2) for rotary position encoding."""
+    inv_freq = base ** (-torch.arange(0, head_dim - head_dim % 2, 2, dtype=torch.float32) / head_dim)
+    angles = torch.arange(block_size, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of x (B, H, T, Dh) by position-dependent angles; cos/sin: (T, Dh/2).
+    A trailing odd channel, if any, is left unrotated."""
+    half = cos.shape[-1]
+    pairs = x[..., : 2 * half].unflatten(-1, (half, 2))  # (B, H, T, Dh/2, 2)
+    a, b = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+    return torch.cat((rotated, x[..., 2 * half :]), dim=-1)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_head = cfg.n_head
+        self.rope = cfg.positional == "rope"
+        if self.rope:
+            cos, sin = rotary_tables(cfg.block_size, cfg.d_model // cfg.n_head)
+            # Buffers, not parameters: derived from the config, so kept out of checkpoints and deltas.
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.kernel = ATTENTION.get(cfg.attention)
@@ -67,6 +92,10 @@ class Attention(nn.Module):
         b, t, d = x.shape
         # (B, T, 3D) -> 3 x (B, H, T, Dh)
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        if self.rope:
+            start = past[0].shape[2] if past is not None else 0
+            cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, Dh)
             v = torch.cat([past[1], v], dim=2)
@@ -124,7 +153,7 @@ class TinyLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.positional == "learned" else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_final = FinalNorm(cfg.d_model)
         self.unembed = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -152,8 +181,9 @@ class TinyLM(nn.Module):
                 f"sequence of {start + t} tokens exceeds model.block_size={self.cfg.block_size}; "
                 "shorten the prompt or raise block_size."
             )
-        pos = torch.arange(start, start + t, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, T, D)
+        x = self.tok_emb(idx)  # (B, T, D)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + t, device=idx.device))
         new_cache: KVCache = []
         for i, block in enumerate(self.blocks):
             x, kv = block(x, cache[i] if cache else None)
