@@ -105,7 +105,12 @@ class Config:
             if isinstance(annotation, type) and issubclass(annotation, Config):
                 if not isinstance(value, dict):
                     raise ConfigError(f"config value {where}{key} must be a table of settings, got {value!r}.")
-                value = annotation.from_dict(value, f"{where}{key}.")
+                # Settings not given keep this field's own default (e.g. a study's fine-tuning
+                # schedule), not the nested class's generic defaults.
+                f = next(f for f in dataclasses.fields(cls) if f.name == key)
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                base = default.to_dict() if isinstance(default, Config) else {}
+                value = annotation.from_dict({**base, **value}, f"{where}{key}.")
             kwargs[key] = value
         return cls(**kwargs)
 

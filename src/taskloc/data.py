@@ -75,3 +75,20 @@ def eval_examples(task: Task, level: int, n: int, seed: int) -> list[Example]:
     overlaps training only where the level's space is tiny (e.g. 1-digit addition)."""
     rng = np.random.default_rng([seed, stable_int(task.name), level, 7919])
     return task.sample(n, rng, level)
+
+
+class ShuffledTargets:
+    """Control mixture: the same prompts as ``inner``, but each batch's targets are permuted among
+    its examples. Fine-tuning on it takes the same steps on the same inputs with no task signal,
+    so its weight delta shows what optimisation noise alone looks like."""
+
+    def __init__(self, inner: TaskMixture) -> None:
+        self.inner = inner
+
+    def batch(self, step: int, size: int) -> list[Example]:
+        batch = self.inner.batch(step, size)
+        order = np.random.default_rng([self.inner.seed, step, 104729]).permutation(len(batch))
+        return [Example(e.prompt, batch[j].target, e.level) for e, j in zip(batch, order)]
+
+    def fingerprint(self) -> str:
+        return "shuffled-" + self.inner.fingerprint()

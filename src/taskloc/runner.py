@@ -13,7 +13,9 @@ A run directory is the unit of reproducibility:
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -108,10 +110,33 @@ class RunContext:
             self._base = self._load_or_pretrain()
         return self._base
 
+    @property
+    def base_key(self) -> str:
+        cfg = self.cfg
+        return Config.fingerprint(_Key(cfg.seed, cfg.model, cfg.data, cfg.pretrain, cfg.eval))
+
+    def finetune(self, label: str, key: dict[str, Any], start: dict[str, torch.Tensor], mixture: Any,
+                 train_cfg: TrainConfig, mask: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+        """Fine-tune from ``start`` weights; cached (and resumable) under artefacts/ft-<hash of key>.
+        ``key`` must name everything that makes this run different from others (task, seed, regime);
+        the base model, the training config and the data fingerprint are added to it here."""
+        blob = json.dumps({**key, "base": self.base_key, "train": train_cfg.to_dict(),
+                           "data": mixture.fingerprint()}, sort_keys=True)
+        folder = self.artefact_dir("ft", hashlib.sha256(blob.encode()).hexdigest()[:16])
+        final = folder / "model.safetensors"
+        if final.exists():
+            return load_model_tensors(final)
+        model = self.new_model()
+        model.load_state_dict(start)
+        train(model, train_cfg, mixture, checkpoint=folder / "checkpoint.safetensors", mask=mask, label=label,
+              meta={"kind": "finetune", "key": blob}, log=lambda r: None)
+        tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        write_safetensors(final, tensors, {"taskloc": blob})
+        return tensors
+
     def _load_or_pretrain(self) -> tuple[TinyLM, list[dict]]:
         cfg = self.cfg
-        key = Config.fingerprint(_Key(cfg.seed, cfg.model, cfg.data, cfg.pretrain, cfg.eval))
-        folder = self.artefact_dir("base", key)
+        folder = self.artefact_dir("base", self.base_key)
         final = folder / "model.safetensors"
         model = self.new_model()
         if final.exists():
@@ -213,8 +238,21 @@ def _run_cached(ctx: RunContext, study: Study, study_cfg: Config) -> dict[str, A
 
 def build_results(cfg: RunConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     claims = [c for r in results.values() for c in r["claims"]]
-    return {"taskloc_version": __version__, "preset": cfg.preset, "config": cfg.to_dict(),
-            "claims": claims, "studies": results}
+    return _json_safe({"taskloc_version": __version__, "preset": cfg.preset, "config": cfg.to_dict(),
+                       "claims": claims, "studies": results})
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/Inf (e.g. an interval with no data) become null: results.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
+        return _json_safe(obj.item())
+    return obj
 
 
 def describe_studies() -> None:

@@ -26,9 +26,20 @@ def render(spec: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def _finite(values) -> bool:
+    return bool(np.isfinite(np.asarray(values, dtype=float)).any())
+
+
 def _lines(spec: dict[str, Any]):
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    drawable = [s for s in spec["series"] if _finite(s["y"])]
+    if not drawable:
+        ax.text(0.5, 0.5, "no data to plot (see the study notes)", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=spec["title"], xticks=[], yticks=[])
+        return fig
     for i, s in enumerate(spec["series"]):
+        if not _finite(s["y"]):
+            continue
         color = s.get("color", PALETTE[i % len(PALETTE)])
         style = s.get("style", "-")
         ax.plot(s["x"], s["y"], style, color=color, label=s["label"], marker="o", markersize=3, linewidth=1.6)
@@ -73,7 +84,7 @@ def _heatmap(spec: dict[str, Any]):
 
 def _bars(spec: dict[str, Any]):
     cats, groups = spec["categories"], spec["groups"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(cats) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
     width = 0.8 / max(1, len(groups))
     x = np.arange(len(cats))
     for i, g in enumerate(groups):
@@ -83,10 +94,11 @@ def _bars(spec: dict[str, Any]):
             err = np.vstack([vals - np.asarray(g["lo"], float), np.asarray(g["hi"], float) - vals]).clip(min=0)
         ax.bar(x + (i - (len(groups) - 1) / 2) * width, vals, width, yerr=err, capsize=2,
                color=g.get("color", PALETTE[i % len(PALETTE)]), label=g["label"])
-    ax.set_xticks(x, cats, rotation=30 if max(len(c) for c in cats) > 8 else 0, ha="right" if max(len(c) for c in cats) > 8 else "center")
+    crowded = len(cats) * max(len(c) for c in cats) > 48
+    ax.set_xticks(x, cats, rotation=30 if crowded else 0, ha="right" if crowded else "center")
     if spec.get("ylim"):
         ax.set_ylim(*spec["ylim"])
     ax.set(title=spec["title"], ylabel=spec["ylabel"])
     if len(groups) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig

@@ -31,6 +31,8 @@ figure img{width:100%;height:auto} figcaption{font-size:13px;color:#4a5363;margi
 
 
 def _fmt(x: Any) -> str:
+    if x is None:
+        return "–"
     if isinstance(x, float):
         return f"{x:.3g}" if abs(x) < 1e-3 and x != 0 else f"{x:.3f}"
     return html.escape(str(x))

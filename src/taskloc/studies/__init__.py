@@ -3,3 +3,4 @@ from .base import STUDIES, Claim, Study, StudyResult
 from . import base_model  # noqa: F401,E402
 
 __all__ = ["STUDIES", "Claim", "Study", "StudyResult"]
+from . import weight_delta  # noqa: F401,E402
