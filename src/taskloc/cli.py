@@ -63,6 +63,49 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory holding res
 # --- checkpoint verbs (delta, graft, merge, ...) are added below this line ---
 
 
+@app.command()
+def delta(
+    base: Path = typer.Argument(..., help="base checkpoint: .safetensors file, HF folder, run directory (or .bin/.pt with --allow-pickle)"),
+    tuned: Path = typer.Argument(..., help="tuned checkpoint of the same architecture, or a PEFT LoRA adapter folder"),
+    top: str = typer.Option("1%", help="global top-k: a percent (1%), a fraction of all entries (0.01 = 1%) or a count (1000)"),
+    patch: Optional[Path] = typer.Option(None, help="write the top-k entries as a sparse patch (.safetensors)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
+    html: Optional[Path] = typer.Option(None, help="write an HTML page with the curves and profiles"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]: where deltas, histograms and SVDs are computed"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept pickle checkpoints (they can run code when loaded)"),
+    rank_max_dim: Optional[int] = typer.Option(None, help="effective rank only for matrices up to this size on their short side (default 1024 on CPU, 8192 on CUDA)"),
+) -> None:
+    """Stream two checkpoints tensor by tensor: concentration of the delta vs a dense Gaussian null,
+    profile by layer and module kind, exact global top-k (optionally written as a patch)."""
+    from .deltas import delta_checkpoints
+    from .deltas.render import print_report
+
+    report = delta_checkpoints(base, tuned, top=top, patch=patch, json_out=json_out, html_out=html, device=device,
+                               allow_pickle=allow_pickle, rank_max_dim=rank_max_dim)
+    print_report(report)
+    for label, path in (("patch", patch), ("json", json_out), ("html", html)):
+        if path is not None:
+            console.print(f"{label}: {path}")
+
+
+@app.command()
+def graft(
+    base: Path = typer.Argument(..., help="the base checkpoint the patch was made from"),
+    patch: Path = typer.Argument(..., help="a patch written by `taskloc delta --patch`"),
+    out: Path = typer.Option(..., help="output: a .safetensors file for a single-file base, a new folder for an HF folder"),
+    scale: float = typer.Option(1.0, help="write base + scale * (patch - base); 1 gives the patched entries exactly"),
+    allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="apply even if the base is not the one the patch was made from"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickle base (it can run code when loaded)"),
+) -> None:
+    """Apply a sparse patch to a base checkpoint, keeping the base's layout and dtypes."""
+    from .deltas import graft_checkpoint
+
+    result = graft_checkpoint(base, patch, out, scale=scale, allow_pickle=allow_pickle,
+                              allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+    warn = "" if result.fingerprint_matched else " (base fingerprint did not match; applied on request)"
+    console.print(f"grafted {result.patched_entries:,} entries in {result.patched_tensors} tensors{warn}: {result.out}")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(args=argv, standalone_mode=False)

@@ -43,3 +43,21 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(contiguous, str(tmp), metadata=metadata)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yields an empty temporary folder beside ``path``; renames it onto ``path`` if the block
+    succeeds and deletes it if the block raises. ``path`` must not exist yet (a folder cannot be
+    replaced atomically), which the caller checks first so it can say so clearly."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,255 @@
+"""Lazy checkpoints: names, shapes and dtypes from headers; tensor data only when asked for.
+
+``Checkpoint`` is the one interface the rest of taskloc reads weights through. Subclasses:
+``SafetensorsCheckpoint`` (a file, an HF folder, a sharded HF folder), ``PickleCheckpoint``
+(.bin/.pt, only after the user opts in), ``MemoryCheckpoint`` (a state dict already in memory).
+The PEFT LoRA adapter lives in lora.py; ``open_checkpoint`` in resolve.py picks the class.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+from typing import Iterable, Mapping, Optional
+
+import torch
+
+from ..errors import CheckpointError
+from .safetensors_format import Header, TensorEntry, read_bytes, read_header
+
+
+class Checkpoint:
+    """A named set of tensors read lazily.
+
+    format:   "safetensors" (one file), "hf-folder" (folder with model.safetensors), "hf-sharded"
+              (folder with model.safetensors.index.json), "pickle", "memory" or "peft-lora".
+    path:     what the user gave (after resolving a run directory); ``root`` is the folder for
+              folder formats and the file otherwise.
+    metadata: the file's string metadata (first shard for sharded folders).
+    is_delta: True when ``get`` returns a change to add to a base (LoRA), not weights.
+    """
+
+    format: str = ""
+    is_delta: bool = False
+
+    def __init__(self, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+        self.path = Path(path)
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    # --- header information: never reads tensor data -------------------------------------------
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def dtype(self, name: str) -> torch.dtype:
+        raise NotImplementedError
+
+    def numel(self, name: str) -> int:
+        return math.prod(self.shape(name))
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self.names())
+
+    # --- data ------------------------------------------------------------------------------------
+    def get(self, name: str) -> torch.Tensor:
+        """A fresh CPU tensor the caller may modify."""
+        raise NotImplementedError
+
+    def sample_bytes(self, name: str, windows: list[tuple[int, int]]) -> bytes:
+        """Concatenated raw bytes at ``(begin, end)`` positions inside the tensor's data; used for
+        fingerprints. Formats with files override this to read only those bytes."""
+        raw = self.get(name).contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+        return b"".join(raw[b:e] for b, e in windows)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.format}, {len(self.names())} tensors)"
+
+    def _unknown(self, name: str) -> CheckpointError:
+        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
+        return CheckpointError(f"{self.path} has no tensor {name!r}{hint}")
+
+
+class SafetensorsCheckpoint(Checkpoint):
+    """One or more safetensors files; ``entries`` says which file holds each tensor.
+
+    Tensors are read with ``safetensors.safe_open`` (which mmaps the file) after read_header has
+    validated the file, so a bad file fails with a CheckpointError before the library sees it.
+    """
+
+    def __init__(self, path: Path, format: str, headers: dict[Path, Header], entries: dict[str, TensorEntry],
+                 index_file: Optional[Path] = None) -> None:
+        first = next(iter(headers.values()), None)
+        super().__init__(path, first.metadata if first else {})
+        self.format = format
+        self.headers = headers  # file -> header, in shard order
+        self.entries = entries  # name -> entry, in storage order
+        self.index_file = index_file
+        self._handles: dict[Path, object] = {}
+
+    @classmethod
+    def from_file(cls, file: Path, format: str = "safetensors", path: Optional[Path] = None) -> "SafetensorsCheckpoint":
+        header = read_header(file)
+        return cls(path or file, format, {file: header}, dict(header.entries))
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def _entry(self, name: str) -> TensorEntry:
+        try:
+            return self.entries[name]
+        except KeyError:
+            raise self._unknown(name) from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entry(name).shape
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._entry(name).dtype
+
+    def file_of(self, name: str) -> Path:
+        return self._entry(name).file
+
+    def get(self, name: str) -> torch.Tensor:
+        entry = self._entry(name)
+        handle = self._handles.get(entry.file)
+        try:
+            if handle is None:
+                from safetensors import safe_open
+
+                handle = self._handles[entry.file] = safe_open(str(entry.file), framework="pt", device="cpu")
+            return handle.get_tensor(name)  # type: ignore[attr-defined]
+        except CheckpointError:
+            raise
+        except Exception as exc:  # the library's own errors for a file read_header accepted
+            raise CheckpointError(f"cannot read tensor {name!r} from {entry.file}: {exc}; re-save or re-download it.") from None
+
+    def sample_bytes(self, name: str, windows: list[tuple[int, int]]) -> bytes:
+        entry = self._entry(name)
+        return b"".join(read_bytes(entry.file, entry.begin + b, entry.begin + e) for b, e in windows)
+
+    def close(self) -> None:
+        self._handles.clear()
+
+
+class PickleCheckpoint(Checkpoint):
+    """A torch pickle (.bin/.pt) loaded with ``weights_only=True`` (no arbitrary objects); several
+    files when a pytorch_model.bin.index.json names shards, loaded one shard at a time."""
+
+    format = "pickle"
+
+    def __init__(self, path: Path, files: dict[str, Path]) -> None:
+        """``files`` maps tensor name -> file, from an index; empty means ``path`` is one file."""
+        super().__init__(path)
+        self._files = files
+        self._loaded: tuple[Optional[Path], dict[str, torch.Tensor]] = (None, {})
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        for file in dict.fromkeys(files.values()) if files else [path]:
+            for name, t in self._load(file).items():
+                self._shapes[name], self._dtypes[name] = tuple(t.shape), t.dtype
+        if files:
+            missing = sorted(set(files) - set(self._shapes))
+            if missing:
+                raise CheckpointError(f"{path}: the index names {len(missing)} tensors its shards lack, first {missing[0]!r}.")
+
+    def _load(self, file: Path) -> dict[str, torch.Tensor]:
+        if self._loaded[0] == file:
+            return self._loaded[1]
+        try:
+            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # legacy (non-zip) pickles cannot be mmapped
+                raise CheckpointError(f"cannot load pickle checkpoint {file}: {exc}".splitlines()[0]) from None
+            obj = self._load_plain(file)
+        except Exception as exc:  # unpickling errors: corrupt file or non-tensor objects
+            raise CheckpointError(f"cannot load pickle checkpoint {file}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        tensors = _state_dict_of(obj, file)
+        self._loaded = (file, tensors)
+        return tensors
+
+    @staticmethod
+    def _load_plain(file: Path) -> object:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"cannot load pickle checkpoint {file}: {str(exc).splitlines()[0]}") from None
+
+    def names(self) -> list[str]:
+        return list(self._shapes)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self._shapes:
+            raise self._unknown(name)
+        return self._shapes[name]
+
+    def dtype(self, name: str) -> torch.dtype:
+        if name not in self._dtypes:
+            raise self._unknown(name)
+        return self._dtypes[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._shapes:
+            raise self._unknown(name)
+        file = self._files.get(name, self.path)
+        return self._load(file)[name].clone()
+
+
+def _state_dict_of(obj: object, file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded pickle: a flat dict of tensors, or one nested under a usual key."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(torch.is_tensor(v) for v in inner.values()):
+                obj = inner
+                break
+        tensors = {str(k): v for k, v in obj.items() if torch.is_tensor(v)}
+        if tensors:
+            return tensors
+    raise CheckpointError(f"{file} holds no state dict of tensors (found {type(obj).__name__}); save model.state_dict().")
+
+
+class MemoryCheckpoint(Checkpoint):
+    """A state dict in memory, so the analysis functions take ``model.state_dict()`` directly."""
+
+    format = "memory"
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], label: str = "<memory>") -> None:
+        super().__init__(Path(label))
+        self._tensors = dict(tensors)
+
+    def names(self) -> list[str]:
+        return list(self._tensors)
+
+    def _t(self, name: str) -> torch.Tensor:
+        try:
+            return self._tensors[name]
+        except KeyError:
+            raise self._unknown(name) from None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._t(name).shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._t(name).dtype
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._t(name).detach().to("cpu").clone()
+
+
+def first_names(names: Iterable[str], limit: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c and 12 more`` for error messages."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
