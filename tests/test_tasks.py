@@ -34,7 +34,7 @@ def test_targets_are_correct():
     for e in get_task("reverse").sample(20, rng, 2):
         assert e.target == e.prompt[2:-1][::-1]
     for e in get_task("hop").sample(20, rng, 3):
-        facts, start = e.prompt[2:-1].split("|")
+        facts, start = e.prompt[2:].split("|")
         table = dict(pair for pair in facts.split(","))
         node, path = start, ""
         for _ in range(3):

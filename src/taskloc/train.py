@@ -56,9 +56,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def answer_loss(model: TinyLM, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over answer tokens only (prompt tokens are given, not learned)."""
+    """Cross-entropy over answer tokens only (prompt tokens are given, not learned), averaged per
+    example first: a one-letter answer weighs as much as a twenty-token trace, so tasks with long
+    answers do not drown out the others in a mixture."""
     logits = model(inputs)  # (B, T, V)
-    return F.cross_entropy(logits[mask], labels[mask])
+    per_token = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none") * mask  # (B, T)
+    return (per_token.sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:

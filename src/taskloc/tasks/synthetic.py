@@ -81,7 +81,9 @@ class MultiHopLookup(ExactMatchTask):
             pairs += [rest[2 * i : 2 * i + 2] for i in range(self.distractors)]
             order = rng.permutation(len(pairs))
             facts = ",".join(pairs[i] for i in order)
-            out.append(Example(f"H:{facts}|{chain[0]}=", chain[1:], level))
+            # The prompt ends on the start letter itself, so each hop (the first included) is the
+            # same step: find this letter as a key earlier on, emit the letter after it.
+            out.append(Example(f"H:{facts}|{chain[0]}", chain[1:], level))
         return out
 
 

@@ -1,0 +1,91 @@
+import json
+
+import pytest
+import torch
+
+from taskloc.cli import main
+from taskloc.deltas.inmemory import concentration_curve, global_topk_mask, random_mask, tensor_profile
+from taskloc.studies.weight_delta import graft, jaccard
+
+
+def state(seed, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    sd = {"blocks.0.attn.qkv.weight": torch.randn(6, 4, generator=g), "blocks.1.mlp.fc_in.weight": torch.randn(5, 3, generator=g),
+          "tok_emb.weight": torch.randn(7, 2, generator=g)}
+    if ties:
+        for v in sd.values():
+            v.copy_(torch.round(v * 2) / 2)  # many equal magnitudes
+    return sd
+
+
+def test_global_topk_matches_sorting_with_deterministic_ties():
+    deltas = state(0, ties=True)
+    flat = torch.cat([v.abs().flatten() for v in deltas.values()])
+    for frac in (0.0, 0.1, 0.37, 1.0):
+        mask = global_topk_mask(deltas, frac)
+        k = round(frac * flat.numel())
+        chosen = torch.cat([m.flatten() for m in mask.values()])
+        assert int(chosen.sum()) == k
+        if 0 < k < flat.numel():
+            threshold = torch.sort(flat, descending=True).values[k - 1]
+            assert bool((flat[chosen] >= threshold).all()) and bool((flat[~chosen] <= threshold).all())
+            tied = (flat == threshold).nonzero().flatten()
+            taken = tied[chosen[tied]]
+            assert taken.tolist() == tied[: len(taken)].tolist()  # earlier positions win ties
+
+
+def test_random_mask_has_exact_count_and_is_seeded():
+    shapes = {k: v.shape for k, v in state(0).items()}
+    a, b, c = random_mask(shapes, 0.25, seed=1), random_mask(shapes, 0.25, seed=1), random_mask(shapes, 0.25, seed=2)
+    total = sum(v.numel() for v in a.values())
+    assert sum(int(v.sum()) for v in a.values()) == round(0.25 * total)
+    assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_graft_full_is_tuned_bit_for_bit_and_empty_is_base():
+    base, tuned = state(0), state(1)
+    deltas = {k: tuned[k] - base[k] for k in base}
+    full = graft(base, tuned, global_topk_mask(deltas, 1.0))
+    empty = graft(base, tuned, global_topk_mask(deltas, 0.0))
+    assert all(torch.equal(full[k], tuned[k]) and torch.equal(empty[k], base[k]) for k in base)
+    half = global_topk_mask(deltas, 0.5)
+    scaled = graft(base, tuned, half, scale=2.0)
+    for k in base:
+        torch.testing.assert_close(scaled[k][half[k]], (base[k] + 2 * deltas[k])[half[k]])
+        assert torch.equal(scaled[k][~half[k]], base[k][~half[k]])
+
+
+def test_jaccard_and_concentration():
+    a = {"x": torch.tensor([True, True, False, False])}
+    b = {"x": torch.tensor([True, False, True, False])}
+    assert jaccard(a, b) == pytest.approx(1 / 3)
+    d = {"x": torch.tensor([3.0, 0.0, 4.0, 0.0])}
+    curve = concentration_curve(d, [0.25, 0.5, 1.0])
+    assert curve["energy"] == pytest.approx([16 / 25, 1.0, 1.0])
+    assert curve["l1"] == pytest.approx([4 / 7, 1.0, 1.0])
+    zero = concentration_curve({"x": torch.zeros(4)}, [0.5])
+    assert zero == {"energy": [0.0], "l1": [0.0]}
+
+
+def test_profile_shares_sum_to_one():
+    prof = tensor_profile(state(3))
+    for axis in ("kind", "layer"):
+        assert sum(v["energy_share"] for v in prof[axis].values()) == pytest.approx(1.0)
+        assert sum(v["param_share"] for v in prof[axis].values()) == pytest.approx(1.0)
+    assert set(prof["kind"]) == {"attn_qkv", "mlp_in", "embed"}
+    assert set(prof["layer"]) == {"block 0", "block 1", "outside blocks"}
+
+
+def test_weight_delta_study_end_to_end(tmp_path):
+    out = tmp_path / "wd"
+    main(["run", "weight-delta", "--preset", "quick", "--out", str(out), "--set", "pretrain.steps=30",
+          "--set", "studies.weight-delta.finetune.steps=8"])
+    doc = json.loads((out / "results.json").read_text())
+    claims = [c for c in doc["claims"] if c["study"] == "weight-delta"]
+    assert [c["id"] for c in claims] == ["C0", "C0", "C0"]
+    assert all(c["verdict"] in ("supported", "not supported", "inconclusive") for c in claims)
+    metrics = doc["studies"]["weight-delta"]["metrics"]
+    assert set(metrics["top_energy"]) == {"fraction", "task", "shuffled", "null"}
+    assert 0 <= metrics["jaccard"]["chance"] < 0.01
+    names = {f["name"] for f in doc["studies"]["weight-delta"]["figures"]}
+    assert names == {"concentration", "grafting", "support", "imposed", "profile-kind", "profile-layer"}
