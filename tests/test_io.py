@@ -21,12 +21,10 @@ def _tensors(seed=0):
 def test_single_file_is_lazy_and_reads_headers_first(tmp_path, monkeypatch):
     path = tmp_path / "m.safetensors"
     save_file(_tensors(), str(path), metadata={"step": "3"})
-    import safetensors
-
     def refuse(*a, **k):
         raise AssertionError("data read before it was asked for")
 
-    monkeypatch.setattr(safetensors, "safe_open", refuse)
+    monkeypatch.setattr(SafetensorsCheckpoint, "read_flat", refuse)
     ckpt = open_checkpoint(path)
     assert ckpt.format == "safetensors" and ckpt.metadata == {"step": "3"}
     assert set(ckpt.names()) == set(_tensors())
@@ -208,9 +206,11 @@ def test_lora_delta_equals_peft_merge(tmp_path, family):
     adapter = open_checkpoint(tmp_path / "adapter")
     assert adapter.format == "peft-lora"
     source = pair_source(base, adapter)
-    changed = 0
+    from taskloc.deltas.scratch import Scratch
+
+    changed, scratch = 0, Scratch()
     for name in source.names:
-        item = source.load(name, torch.device("cpu"))
+        item = source.load(name, scratch)
         tuned = item.tuned if item.tuned is not None else item.base
         want = merged[name].reshape(-1)
         assert torch.equal(tuned, want), name  # same float32 ops in the same order as PEFT

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ from ..progress import progress_bar
 from .names import KINDS, kind_of, layer_of
 from .null import GINI_HALF_NORMAL, gaussian_null_curve, gaussian_null_gini, gaussian_null_hoyer
 from .radix import (LOW_MASK, Histogram, Level2Counts, RankIndex, abs_bits, bits_to_values, boundary_buckets,
-                    gini_from_histogram, ranks_for, within_from_tensor)
+                    bucket_ids, gini_from_histogram, ranks_for, within_from_tensor)
+from .scratch import Scratch
 from .selection import SelectionSink, TopK
 from .sources import DeltaSource, Loaded
 
@@ -119,12 +121,28 @@ class _Stream:
         self.buckets: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> compressed level-1 counts
         self.rank_skipped = 0
         self.largest = max((source.numel(n) for n in source.names), default=0)
+        self.scratch = Scratch(device)  # temporaries of the per-tensor computation
+        self.load_scratch = (Scratch(device), Scratch(device))  # alternating input buffers (see stream)
 
     # --- pass 1 ----------------------------------------------------------------------------------
+    def stream(self, names: list[str]) -> Iterator[tuple[str, Loaded]]:
+        """(name, loaded) in order; the next tensor pair is read in a background thread while the
+        caller works on this one (file reads and numpy release the GIL). Two sets of load buffers
+        alternate, so an item stays valid until the caller asks for the one after next."""
+        if not names:
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self.source.load, names[0], self.load_scratch[0])
+            for i, name in enumerate(names):
+                item = pending.result()
+                if i + 1 < len(names):
+                    pending = pool.submit(self.source.load, names[i + 1], self.load_scratch[(i + 1) % 2])
+                yield name, item
+
     def pass1(self) -> None:
         with progress_bar("delta pass 1", total=len(self.source.names)) as advance:
-            for name in self.source.names:
-                self.stats.append(self._tensor_stats(name, self.source.load(name, self.device)))
+            for name, item in self.stream(self.source.names):
+                self.stats.append(self._tensor_stats(name, item))
                 advance()
 
     def _tensor_stats(self, name: str, item: Loaded) -> TensorStats:
@@ -132,18 +150,19 @@ class _Stream:
         if item.delta is None:
             hist, curve, n_changed, max_abs, erank = Histogram.of_zeros(n), (list(self.grid), list(self.grid)), 0, 0.0, None
         else:
-            bits = abs_bits(item.delta)  # (n,) int32 patterns of |delta|
-            hist, hi = Histogram.of_bits(bits)
+            bits = abs_bits(item.delta, self.scratch)  # (n,) int32 patterns of |delta|
+            hist, hi = Histogram.of_bits(bits, self.scratch)
             if hist.has_nonfinite():
                 self.source.raise_nonfinite(name, item)
-            within = within_from_tensor(bits, hi, boundary_buckets(hist, ranks_for(n, self.grid)))
+            top = hist.top_bucket()  # its level 2 gives the exact max |delta|
+            within = within_from_tensor(bits, hi, sorted(set(boundary_buckets(hist, ranks_for(n, self.grid))) | {top}))
             curve = RankIndex(hist, within).shares(self.grid)
-            n_changed = int(torch.count_nonzero(bits)) if hist.counts[0] else n
-            max_abs = float(bits_to_values(np.array([int(bits.max())]))[0]) if n else 0.0
+            n_changed = int(np.count_nonzero(bits.cpu().numpy())) if hist.counts[0] else n
+            max_abs = float(within[top].values[0]) if n else 0.0
             erank = self._effective_rank(item.delta, shape)
         base_energy = None
         if item.base is not None:
-            base_energy = float(torch.linalg.vector_norm(item.base.to(self.device).float())) ** 2
+            base_energy = float(torch.linalg.vector_norm(item.base, dtype=torch.float32)) ** 2
         self.hist.add(hist)
         self.buckets[name] = hist.compressed()
         l1, energy = hist.total1, hist.total2
@@ -219,22 +238,23 @@ def analyse(
     todo = [n for n in source.names if st.visit(n, want, b_star if sink is not None and partial else None)
             or (sink is not None and select_all)]
     with progress_bar("delta pass 2", total=len(todo)) as advance:
-        for name in todo:
-            item = source.load(name, dev)
+        for name, item in st.stream(todo):
             if item.delta is None:  # an untouched tensor: all its entries are exact zeros
-                item = Loaded(torch.zeros(source.numel(name), device=dev), item.base, item.tuned)
-            bits = abs_bits(item.delta)  # (n,) int32
-            hi = bits >> 15
+                item = Loaded(st.scratch.get("delta", source.numel(name), torch.float32).zero_(), item.base, item.tuned)
+            bits = abs_bits(item.delta, st.scratch)  # (n,) int32
+            hi = bucket_ids(bits, st.scratch)  # (n,) int64
             bits_np, hi_np = bits.cpu().numpy(), hi.cpu().numpy()
             level2.add(bits_np, hi_np)
             if select_all:
                 sink.definite(name, torch.arange(bits.numel()), item)  # type: ignore[union-attr]
             elif b_star is not None:
-                cand_idx = torch.from_numpy(np.flatnonzero(hi_np == b_star))
-                lows_at_bstar[name] = bits_np[cand_idx.numpy()] & LOW_MASK
+                at_or_above = np.flatnonzero(hi_np >= b_star)  # (m,) ascending, m ~ k entries
+                in_bucket = hi_np[at_or_above] == b_star
+                cand_idx = at_or_above[in_bucket]
+                lows_at_bstar[name] = bits_np[cand_idx] & LOW_MASK
                 if two_pass:
-                    sink.definite(name, torch.from_numpy(np.flatnonzero(hi_np > b_star)), item)  # type: ignore[union-attr]
-                    sink.candidates(name, cand_idx, lows_at_bstar[name], item)  # type: ignore[union-attr]
+                    sink.definite(name, torch.from_numpy(at_or_above[~in_bucket]), item)  # type: ignore[union-attr]
+                    sink.candidates(name, torch.from_numpy(cand_idx), lows_at_bstar[name], item)  # type: ignore[union-attr]
             advance()
     timings["pass2_s"] = time.perf_counter() - t1
 
@@ -303,9 +323,9 @@ def _pass3(st: _Stream, sink: SelectionSink, t_bits: int, quotas: dict[str, int]
     candidates to keep in memory)."""
     todo = [n for n in st.source.names if selected.get(n, 0) > 0]
     with progress_bar("delta pass 3", total=len(todo)) as advance:
-        for name in todo:
-            item = st.source.load(name, st.device)
-            bits = abs_bits(item.delta) if item.delta is not None else torch.zeros(st.source.numel(name), dtype=torch.int32)
+        for name, item in st.stream(todo):
+            n = st.source.numel(name)
+            bits = abs_bits(item.delta, st.scratch) if item.delta is not None else torch.zeros(n, dtype=torch.int32, device=st.device)
             above = bits > t_bits
             ties = torch.nonzero(bits == t_bits).view(-1)[: quotas.get(name, 0)]
             above[ties] = True

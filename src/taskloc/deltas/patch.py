@@ -31,7 +31,7 @@ from ..errors import CheckpointError
 from ..io.atomic import atomic_path
 from ..io.checkpoint import Checkpoint, SafetensorsCheckpoint
 from ..io.fingerprint import fingerprint
-from ..io.safetensors_format import DTYPE_NAMES, DTYPES, SafetensorsStreamWriter, write_tensor_bytes
+from ..io.safetensors_format import DTYPE_NAMES, DTYPES, SafetensorsStreamWriter
 from ..io.writers import check_output, write_like
 from ..progress import progress_bar
 from .selection import SelectionSink, choose_candidates
@@ -43,6 +43,19 @@ INDEX_LIMIT = 2**31 - 1
 
 def index_dtype(numel: int) -> torch.dtype:
     return torch.int32 if numel <= INDEX_LIMIT else torch.int64
+
+
+# numpy has no bfloat16: values travel through the spool as same-sized integers (bit patterns)
+_RAW = {1: (torch.uint8, np.uint8), 2: (torch.int16, np.int16), 4: (torch.int32, np.int32), 8: (torch.int64, np.int64)}
+
+
+def raw_view(t: torch.Tensor) -> np.ndarray:
+    """The entries of a CPU tensor as integers of the same size (bit patterns, no copy)."""
+    return t.view(_RAW[t.element_size()][0]).numpy()
+
+
+def from_raw(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).view(dtype)
 
 
 class PatchSink(SelectionSink):
@@ -57,43 +70,51 @@ class PatchSink(SelectionSink):
         self._idx = open(self._spool / "indices.bin", "wb")
         self._val = open(self._spool / "values.bin", "wb")
         self._segments: dict[str, list[tuple[int, int, int]]] = {}  # name -> [(idx byte offset, value byte offset, count)]
-        self._candidates: dict[str, tuple[torch.Tensor, np.ndarray, torch.Tensor]] = {}
-        self._chosen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._candidates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # name -> (idx, lows, raw values)
+        self._chosen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def _values(item: Loaded, idx: np.ndarray) -> np.ndarray:
+        source = item.tuned if item.tuned is not None else item.base
+        if source is None:
+            raise ValueError("this delta source has no tuned values; patches need checkpoints")
+        return raw_view(source)[idx]
 
     def definite(self, name: str, idx: torch.Tensor, item: Loaded) -> None:
         if not idx.numel():
             return
-        values = item.values_at(idx)
-        self._segments.setdefault(name, []).append((self._idx.tell(), self._val.tell(), idx.numel()))
-        write_tensor_bytes(self._idx, idx.to(torch.int64))
-        write_tensor_bytes(self._val, values)
+        idx_np = idx.numpy().astype(np.int64, copy=False)
+        self._segments.setdefault(name, []).append((self._idx.tell(), self._val.tell(), len(idx_np)))
+        idx_np.tofile(self._idx)
+        self._values(item, idx_np).tofile(self._val)
 
     def candidates(self, name: str, idx: torch.Tensor, lows: np.ndarray, item: Loaded) -> None:
         if idx.numel():
-            self._candidates[name] = (idx, lows, item.values_at(idx))
+            idx_np = idx.numpy().astype(np.int64, copy=False)
+            self._candidates[name] = (idx_np, lows, self._values(item, idx_np))
 
     def resolve(self, t_lo: int, quotas: dict[str, int]) -> None:
         for name, (idx, lows, values) in self._candidates.items():
-            keep = torch.from_numpy(choose_candidates(lows, t_lo, quotas.get(name, 0)))
-            if bool(keep.any()):
+            keep = choose_candidates(lows, t_lo, quotas.get(name, 0))
+            if keep.any():
                 self._chosen[name] = (idx[keep], values[keep])
         self._candidates.clear()
 
-    def _entries(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """All selected (indices ascending, values) of one tensor, from the spool and the chosen candidates."""
-        dtype = self.dtypes[name]
+    def _entries(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """All selected (indices ascending, raw values) of one tensor: spool segments and chosen candidates."""
+        raw_dtype = _RAW[self.dtypes[name].itemsize][1]
         idx_parts, val_parts = [], []
         for idx_off, val_off, count in self._segments.get(name, []):
-            raw_idx = np.fromfile(self._spool / "indices.bin", dtype=np.int64, count=count, offset=idx_off)
-            raw_val = np.fromfile(self._spool / "values.bin", dtype=np.uint8, count=count * dtype.itemsize, offset=val_off)
-            idx_parts.append(torch.from_numpy(raw_idx))
-            val_parts.append(torch.from_numpy(raw_val).view(dtype))
+            idx_parts.append(np.fromfile(self._spool / "indices.bin", dtype=np.int64, count=count, offset=idx_off))
+            val_parts.append(np.fromfile(self._spool / "values.bin", dtype=raw_dtype, count=count, offset=val_off))
         if name in self._chosen:
-            idx_parts.append(self._chosen[name][0].to(torch.int64))
+            idx_parts.append(self._chosen[name][0])
             val_parts.append(self._chosen[name][1])
-        idx, values = torch.cat(idx_parts), torch.cat(val_parts)
-        order = torch.argsort(idx)
-        return idx[order], values[order]
+        idx, values = np.concatenate(idx_parts), np.concatenate(val_parts)
+        if len(idx_parts) > 1:  # ascending runs (spool segments, chosen candidates): a stable sort merges them
+            order = np.argsort(idx, kind="stable")
+            idx, values = idx[order], values[order]
+        return idx, values
 
     def write(self, metadata: dict[str, str]) -> Path:
         self._idx.close()
@@ -111,8 +132,9 @@ class PatchSink(SelectionSink):
             writer = SafetensorsStreamWriter(f, specs, meta)
             for n in names:
                 idx, values = self._entries(n)
-                writer.write(f"{n}:indices", idx.to(index_dtype(math.prod(self.shapes[n]))))
-                writer.write(f"{n}:values", values)
+                index_np = np.int32 if index_dtype(math.prod(self.shapes[n])) == torch.int32 else np.int64
+                writer.write(f"{n}:indices", torch.from_numpy(idx.astype(index_np)))
+                writer.write(f"{n}:values", from_raw(values, self.dtypes[n]))
             writer.close()
         return self.out
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import torch
+
+from .scratch import Scratch
 
 BUCKET_SHIFT = 15
 N_BUCKETS = 1 << 16
@@ -27,9 +29,25 @@ LOW_MASK = (1 << BUCKET_SHIFT) - 1
 NONFINITE_BUCKET = 0x7F800000 >> BUCKET_SHIFT
 
 
-def abs_bits(x: torch.Tensor) -> torch.Tensor:
-    """int32 bit patterns of |x| for a float32 tensor (the sign bit cleared), same shape."""
-    return x.view(torch.int32) & 0x7FFFFFFF
+def abs_bits(x: torch.Tensor, scratch: Optional[Scratch] = None) -> torch.Tensor:
+    """int32 bit patterns of |x| for a flat float32 tensor (the sign bit cleared).
+
+    On CPU the bit operations of the hot loop run in numpy, single-threaded: as fast as torch's
+    kernels here, and free of the thread hand-off cost torch pays on a busy machine."""
+    out = scratch.get("bits", x.numel(), torch.int32, x.device) if scratch is not None else torch.empty_like(x, dtype=torch.int32)
+    if x.device.type == "cpu":
+        np.bitwise_and(x.numpy().view(np.int32), 0x7FFFFFFF, out=out.numpy())
+        return out
+    return torch.bitwise_and(x.view(torch.int32), 0x7FFFFFFF, out=out)
+
+
+def bucket_ids(bits: torch.Tensor, scratch: Optional[Scratch] = None) -> torch.Tensor:
+    """int64 level-1 bucket of each bit pattern (int64 so numpy indexes with it without a copy)."""
+    out = scratch.get("hi", bits.numel(), torch.int64, bits.device) if scratch is not None else torch.empty_like(bits, dtype=torch.int64)
+    if bits.device.type == "cpu":
+        np.right_shift(bits.numpy(), BUCKET_SHIFT, out=out.numpy())
+        return out
+    return torch.bitwise_right_shift(bits, BUCKET_SHIFT, out=out)
 
 
 def bits_to_values(bits: np.ndarray) -> np.ndarray:
@@ -46,21 +64,23 @@ class Histogram:
     sum2: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, np.float64))
 
     @classmethod
-    def of_bits(cls, bits: torch.Tensor) -> tuple["Histogram", torch.Tensor]:
+    def of_bits(cls, bits: torch.Tensor, scratch: Optional[Scratch] = None) -> tuple["Histogram", torch.Tensor]:
         """Histogram of one tensor's |d| bit patterns (flat int32); returns it with the bucket ids."""
-        hi = bits >> BUCKET_SHIFT  # (n,) int32 bucket ids
+        hi = bucket_ids(bits, scratch)  # (n,) int64
+        n = bits.numel()
+        weights = scratch.get("weights", n, torch.float64, bits.device) if scratch is not None else torch.empty(n, dtype=torch.float64, device=bits.device)
         if bits.device.type == "cpu":
-            hi_np = hi.numpy()
-            values = bits.view(torch.float32).numpy().astype(np.float64)  # |d| exactly, float64
+            hi_np, w = hi.numpy(), weights.numpy()
+            np.copyto(w, bits.numpy().view(np.float32))  # |d| exactly, in float64
             counts = np.bincount(hi_np, minlength=N_BUCKETS)
-            sum1 = np.bincount(hi_np, weights=values, minlength=N_BUCKETS)
-            np.multiply(values, values, out=values)  # d^2, exact in float64
-            sum2 = np.bincount(hi_np, weights=values, minlength=N_BUCKETS)
+            sum1 = np.bincount(hi_np, weights=w, minlength=N_BUCKETS)
+            np.multiply(w, w, out=w)  # d^2, exact in float64
+            sum2 = np.bincount(hi_np, weights=w, minlength=N_BUCKETS)
         else:
-            values_t = bits.view(torch.float32).to(torch.float64)
+            weights.copy_(bits.view(torch.float32))
             counts = torch.bincount(hi, minlength=N_BUCKETS).cpu().numpy()
-            sum1 = torch.bincount(hi, weights=values_t, minlength=N_BUCKETS).cpu().numpy()
-            sum2 = torch.bincount(hi, weights=values_t * values_t, minlength=N_BUCKETS).cpu().numpy()
+            sum1 = torch.bincount(hi, weights=weights, minlength=N_BUCKETS).cpu().numpy()
+            sum2 = torch.bincount(hi, weights=weights.mul_(weights), minlength=N_BUCKETS).cpu().numpy()
         return cls(counts.astype(np.int64), sum1, sum2), hi
 
     @classmethod
@@ -223,7 +243,7 @@ def within_from_tensor(bits: torch.Tensor, hi: torch.Tensor, buckets: Sequence[i
     lut = np.zeros(N_BUCKETS, dtype=bool)
     lut[list(buckets)] = True
     hi_np, bits_np = hi.cpu().numpy(), bits.cpu().numpy()
-    picked = bits_np[lut[hi_np]]  # bits of the entries in boundary buckets
+    picked = bits_np[lut[hi_np]]  # bits of the entries in boundary buckets (a small subset)
     groups = picked >> BUCKET_SHIFT
     return {b: Within.of_bits(picked[groups == b]) for b in buckets}
 
@@ -235,13 +255,13 @@ class Level2Counts:
         self.buckets = list(buckets)
         self.slot = np.full(N_BUCKETS, -1, dtype=np.int64)
         self.slot[self.buckets] = np.arange(len(self.buckets))
+        self.wanted = self.slot >= 0
         self.counts = np.zeros(len(self.buckets) << BUCKET_SHIFT, dtype=np.int64)
 
     def add(self, bits: np.ndarray, hi: np.ndarray) -> None:
-        slots = self.slot[hi]
-        keep = slots >= 0
-        if keep.any():
-            keys = (slots[keep] << BUCKET_SHIFT) | (bits[keep].astype(np.int64) & LOW_MASK)
+        keep = np.flatnonzero(self.wanted[hi])  # entries in a wanted bucket: a small subset
+        if len(keep):
+            keys = (self.slot[hi[keep]] << BUCKET_SHIFT) | (bits[keep].astype(np.int64) & LOW_MASK)
             self.counts += np.bincount(keys, minlength=len(self.counts))
 
     def within(self) -> dict[int, Within]:

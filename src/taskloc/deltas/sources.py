@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError
 from ..io.checkpoint import Checkpoint, first_names
 from ..io.lora import LoraAdapter
+from .scratch import Scratch
 
 
 @dataclass
@@ -23,14 +25,6 @@ class Loaded:
     delta: Optional[torch.Tensor]  # (n,) float32 on the compute device; None when identically zero
     base: Optional[torch.Tensor]  # (n,) as stored, CPU; None when the source has no base
     tuned: Optional[torch.Tensor]  # (n,) as stored, CPU; None when equal to the base
-
-    def values_at(self, idx: torch.Tensor) -> torch.Tensor:
-        """The tuned model's entries at flat ``idx``: what a patch stores."""
-        source = self.tuned if self.tuned is not None else self.base
-        if source is None:
-            raise ValueError("this delta source has no tuned values; patches need checkpoints")
-        return source[idx]
-
 
 class DeltaSource:
     """Base class. ``names`` are the floating-point tensors analysed, in the base's order."""
@@ -51,7 +45,9 @@ class DeltaSource:
             n *= s
         return n
 
-    def load(self, name: str, device: torch.device) -> Loaded:
+    def load(self, name: str, scratch: Scratch) -> Loaded:
+        """One tensor's delta, computed on ``scratch.device`` into scratch buffers (valid until
+        the next load)."""
         raise NotImplementedError
 
     def lora_rank(self, name: str) -> Optional[int]:
@@ -75,9 +71,18 @@ class DeltaSource:
         )
 
 
-def _flat_delta(base: torch.Tensor, tuned: torch.Tensor, device: torch.device) -> torch.Tensor:
-    # (n,) float32; subtraction in float32 so bf16/fp16 weights give exact differences of their values
-    return tuned.to(device).reshape(-1).float() - base.to(device).reshape(-1).float()
+def _flat_delta(base: torch.Tensor, tuned: torch.Tensor, scratch: Scratch) -> torch.Tensor:
+    """(n,) float32 tuned - base in a scratch buffer. bf16/fp16 inputs are widened first, so the
+    difference of their values is exact (a subtraction in bf16 would round it)."""
+    base, tuned = base.reshape(-1).to(scratch.device), tuned.reshape(-1).to(scratch.device)
+    delta = scratch.get("delta", base.numel(), torch.float32)
+    if base.dtype == torch.float32 and delta.device.type == "cpu":
+        np.subtract(tuned.numpy(), base.numpy(), out=delta.numpy())  # see radix.abs_bits on numpy
+        return delta
+    if base.dtype == torch.float32:
+        return torch.sub(tuned, base, out=delta)
+    delta.copy_(tuned)
+    return delta.sub_(base)
 
 
 class CheckpointPair(DeltaSource):
@@ -114,9 +119,12 @@ class CheckpointPair(DeltaSource):
             self.shapes[name], self.dtypes[name] = base.shape(name), base.dtype(name)
             (self.names if base.dtype(name).is_floating_point else self.skipped).append(name)
 
-    def load(self, name: str, device: torch.device) -> Loaded:
-        base, tuned = self.base.get(name).reshape(-1), self.tuned.get(name).reshape(-1)  # type: ignore[union-attr]
-        return Loaded(_flat_delta(base, tuned, device), base, tuned)
+    def load(self, name: str, scratch: Scratch) -> Loaded:
+        n, dtype = self.numel(name), self.dtypes[name]
+        cpu = torch.device("cpu")
+        base = self.base.read_flat(name, scratch.get("base", n, dtype, cpu))  # type: ignore[union-attr]
+        tuned = self.tuned.read_flat(name, scratch.get("tuned", n, dtype, cpu))  # type: ignore[union-attr]
+        return Loaded(_flat_delta(base, tuned, scratch), base, tuned)
 
     def differing_skipped(self) -> list[str]:
         return [n for n in self.skipped if not torch.equal(self.base.get(n), self.tuned.get(n))]  # type: ignore[union-attr]
@@ -145,12 +153,12 @@ class LoraPair(DeltaSource):
             self.shapes[name], self.dtypes[name] = base.shape(name), base.dtype(name)
             (self.names if base.dtype(name).is_floating_point else self.skipped).append(name)
 
-    def load(self, name: str, device: torch.device) -> Loaded:
-        base = self.base.get(name)  # type: ignore[union-attr]
+    def load(self, name: str, scratch: Scratch) -> Loaded:
+        base = self.base.read_flat(name, scratch.get("base", self.numel(name), self.dtypes[name], torch.device("cpu")))  # type: ignore[union-attr]
         if name not in self.target:
-            return Loaded(None, base.reshape(-1), None)
-        tuned = self.adapter.merged(self.target[name], base)
-        return Loaded(_flat_delta(base, tuned, device), base.reshape(-1), tuned.reshape(-1))
+            return Loaded(None, base, None)
+        tuned = self.adapter.merged(self.target[name], base.view(self.shapes[name])).reshape(-1)
+        return Loaded(_flat_delta(base, tuned, scratch), base, tuned)
 
     def lora_rank(self, name: str) -> Optional[int]:
         return self.adapter.rank(self.target[name]) if name in self.target else None
@@ -184,8 +192,9 @@ class DictSource(DeltaSource):
             self.shapes[name], self.dtypes[name] = tuple(t.shape), t.dtype
             (self.names if t.dtype.is_floating_point else self.skipped).append(name)
 
-    def load(self, name: str, device: torch.device) -> Loaded:
-        return Loaded(self.deltas[name].detach().to(device).reshape(-1).float(), None, None)
+    def load(self, name: str, scratch: Scratch) -> Loaded:
+        delta = scratch.get("delta", self.numel(name), torch.float32)
+        return Loaded(delta.copy_(self.deltas[name].detach().reshape(-1)), None, None)
 
     def raise_nonfinite(self, name: str, item: Loaded) -> None:
         raise CheckpointError(f"delta tensor {name!r} holds NaN or Inf; check the weights it was computed from.")
