@@ -92,6 +92,36 @@ def test_global_topk_mask_equals_sort_with_ties(k, cap):
     assert all(masks[n].shape == deltas[n].shape for n in deltas)
 
 
+def test_patch_from_the_third_pass_equals_the_two_pass_patch(tmp_path):
+    from taskloc.deltas.patch import PatchSink, open_patch
+    from taskloc.deltas.sources import CheckpointPair
+    from taskloc.io import MemoryCheckpoint
+
+    base, tuned = _pair(seed=5)
+    deltas = {n: tuned[n] - base[n] for n in base}
+    k = 250
+    patched = []
+    for cap in (None, 0):
+        source = CheckpointPair(MemoryCheckpoint(base), MemoryCheckpoint(tuned))
+        sink = PatchSink(tmp_path / f"p{cap}.safetensors", source.shapes, source.dtypes, source.names)
+        report = analyse(source, top=parse_top(str(k)), sink=sink, candidate_cap=cap)
+        sink.write({})
+        sink.close()
+        assert any("third pass" in note for note in report.notes) == (cap == 0)
+        patch = open_patch(tmp_path / f"p{cap}.safetensors")
+        mask = torch.zeros(sum(d.numel() for d in deltas.values()), dtype=torch.bool)
+        offset = 0
+        for n, d in deltas.items():
+            if n in patch.names():
+                idx, values = patch.get(n)
+                assert torch.equal(values, tuned[n].reshape(-1)[idx])
+                mask[offset + idx] = True
+            offset += d.numel()
+        patched.append(mask)
+    assert torch.equal(patched[0], _reference_mask(deltas, k)) and torch.equal(patched[1], patched[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.safetensors", "pNone.safetensors"]  # spools removed
+
+
 def test_delta_of_a_checkpoint_with_itself_is_exactly_zero_and_well_defined():
     base, _ = _pair()
     report = delta_stats(base, {n: t.clone() for n, t in base.items()}, top="1%")
@@ -326,8 +356,9 @@ def test_bad_options_on_the_cli(tmp_path, capsys, args, pattern):
 
 def test_report_files_and_terminal_tables(tmp_path, capsys):
     b, t = _files(tmp_path)
-    code, out, err = _cli(["delta", b, t, "--json", tmp_path / "r.json", "--html", tmp_path / "r.html"], capsys)
+    code, out, err = _cli(["delta", b, t, "--top", "0.5", "--json", tmp_path / "r.json", "--html", tmp_path / "r.html"], capsys)
     assert code == 0, err
+    assert "selection: top 50% of 640 entries = 320" in out  # the unit of --top 0.5 is said out loud
     for heading in ("share held by the top k% of all entries", "tensors by delta energy", "profile by kind", "profile by layer"):
         assert heading in out
     report = json.loads((tmp_path / "r.json").read_text())

@@ -231,7 +231,9 @@ def analyse(
     level2 = Level2Counts(sorted(set(curve_buckets) | ({b_star} if b_star is not None else set())))
     cap = candidate_cap if candidate_cap is not None else max(st.largest, 1 << 20)
     two_pass = sink is not None and partial and int(hist.counts[b_star]) <= cap
-    lows_at_bstar: dict[str, np.ndarray] = {}  # name -> low bits of its entries in the threshold's bucket
+    # name -> (distinct low bits, counts) of its entries in the threshold's bucket: enough to place
+    # the threshold and split its ties, and bounded by 2^15 pairs per tensor however many there are
+    lows_at_bstar: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     t1 = time.perf_counter()
     want = set(level2.buckets)
@@ -251,10 +253,13 @@ def analyse(
                 at_or_above = np.flatnonzero(hi_np >= b_star)  # (m,) ascending, m ~ k entries
                 in_bucket = hi_np[at_or_above] == b_star
                 cand_idx = at_or_above[in_bucket]
-                lows_at_bstar[name] = bits_np[cand_idx] & LOW_MASK
+                lows = bits_np[cand_idx] & LOW_MASK
+                per_low = np.bincount(lows, minlength=LOW_MASK + 1)
+                present = np.flatnonzero(per_low)
+                lows_at_bstar[name] = (present, per_low[present])
                 if two_pass:
                     sink.definite(name, torch.from_numpy(at_or_above[~in_bucket]), item)  # type: ignore[union-attr]
-                    sink.candidates(name, torch.from_numpy(cand_idx), lows_at_bstar[name], item)  # type: ignore[union-attr]
+                    sink.candidates(name, torch.from_numpy(cand_idx), lows, item)  # type: ignore[union-attr]
             advance()
     timings["pass2_s"] = time.perf_counter() - t1
 
@@ -282,7 +287,7 @@ def analyse(
 
 
 def _select(st: _Stream, index: RankIndex, top: TopK, k: int, b_star: Optional[int],
-            lows_at_bstar: dict[str, np.ndarray]) -> tuple[Selection, dict[str, int], dict[str, int], int]:
+            lows_at_bstar: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[Selection, dict[str, int], dict[str, int], int]:
     """The exact threshold (as a bit pattern), how many entries each tensor contributes, and how
     many of its entries equal to the threshold it contributes (its tie quota)."""
     n_total = index.n
@@ -293,29 +298,20 @@ def _select(st: _Stream, index: RankIndex, top: TopK, k: int, b_star: Optional[i
         return Selection(top.text, describe, k, None, 0, 0), {s.name: s.n for s in st.stats}, {}, 0
     t_bits, ties_taken = index.kth(k)
     t_lo = t_bits & LOW_MASK
-    ties_total = sum(int((lows == t_lo).sum()) for lows in lows_at_bstar.values())
-    quotas = _tie_quotas(st, t_lo, ties_taken, lows_at_bstar)
-    selected = {}
-    for s in st.stats:
-        lows = lows_at_bstar.get(s.name)
-        above_in_bucket = int((lows > t_lo).sum()) if lows is not None else 0
-        selected[s.name] = st.count_above(s.name, b_star) + above_in_bucket + quotas.get(s.name, 0)
-    threshold = float(bits_to_values(np.array([t_bits]))[0])
-    return Selection(top.text, describe, k, threshold, ties_total, ties_taken), selected, quotas, t_bits
-
-
-def _tie_quotas(st: _Stream, t_lo: int, ties_taken: int, lows_at_bstar: dict[str, np.ndarray]) -> dict[str, int]:
-    """Ties at the threshold go to the earliest tensors first (tensor order, then flat index)."""
-    quotas, left = {}, ties_taken
+    ties = {name: int(counts[lows == t_lo].sum()) for name, (lows, counts) in lows_at_bstar.items()}
+    quotas, left = {}, ties_taken  # ties go to the earliest tensors first (tensor order, then flat index)
     for name in st.source.names:
-        lows = lows_at_bstar.get(name)
-        if lows is None or left == 0:
-            continue
-        take = min(left, int((lows == t_lo).sum()))
+        take = min(left, ties.get(name, 0))
         if take:
             quotas[name] = take
             left -= take
-    return quotas
+    selected = {}
+    for s in st.stats:
+        lows, counts = lows_at_bstar.get(s.name, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        above_in_bucket = int(counts[lows > t_lo].sum())
+        selected[s.name] = st.count_above(s.name, b_star) + above_in_bucket + quotas.get(s.name, 0)
+    threshold = float(bits_to_values(np.array([t_bits]))[0])
+    return Selection(top.text, describe, k, threshold, sum(ties.values()), ties_taken), selected, quotas, t_bits
 
 
 def _pass3(st: _Stream, sink: SelectionSink, t_bits: int, quotas: dict[str, int], selected: dict[str, int]) -> None:
