@@ -2,8 +2,9 @@
 
 For x >= 0 the int32 bit pattern of a float32 is monotone in x, so ranking |delta| is ranking 31-bit
 integers. Level 1 buckets them by the top 16 bits (8 exponent + 8 mantissa bits: each bucket spans
-a factor of at most 1 + 2^-8) and keeps per bucket the count, sum |d| and sum d^2 (float64: sums
-of float32 values of one bucket are exact in float64 up to 2^28 entries). A rank query -- "sum of
+a factor of at most 1 + 2^-8) and keeps per bucket the count, sum |d| and sum d^2 in float64 (the
+|d| of one bucket share an exponent, so their float64 sum is exact up to 2^28 entries; d^2 sums
+carry float64 rounding, ~1e-16 per entry). A rank query -- "sum of
 the r largest entries", "the r-th largest value" -- then needs only the entries of the one bucket
 the rank falls in: level 2, their remaining 15 bits, i.e. their exact values. For one tensor in
 memory level 2 is gathered directly; for all tensors it is a second streaming pass that counts

@@ -1,7 +1,7 @@
 """The safetensors container, read and written by hand where the library cannot help.
 
-``read_header`` validates a file's header before anything mmaps it, so a truncated or corrupt
-file gives one clear CheckpointError instead of a library panic. ``SafetensorsStreamWriter``
+``read_header`` validates a file's header before any tensor is read, so a truncated or corrupt
+file gives one clear CheckpointError naming the file and what is wrong with it. ``SafetensorsStreamWriter``
 writes a file one tensor at a time: the header (names, dtypes, shapes, offsets) is known before
 any data exists, so a model bigger than memory can be written while it is being computed.
 
