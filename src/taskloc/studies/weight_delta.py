@@ -26,8 +26,8 @@ import torch
 
 from ..config import Config, field
 from ..data import ShuffledTargets, TaskMixture, eval_examples
-from ..deltas.inmemory import concentration_curve, global_topk_mask, random_mask, tensor_profile
-from ..deltas.null import gaussian_null_curve
+from ..deltas import concentration_curve, gaussian_null_curve, global_topk_mask
+from ..deltas.inmemory import random_mask, tensor_profile
 from ..errors import ConfigError
 from ..evaluate import exact_match
 from ..progress import progress_bar
