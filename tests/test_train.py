@@ -81,3 +81,20 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
     assert lr_at(0, cfg) == pytest.approx(0.1)
     assert lr_at(9, cfg) == pytest.approx(1.0)
     assert lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_mixture_weights_set_task_proportions():
+    m = TaskMixture([get_task("add"), get_task("reverse")], [1, 2], seed=0, weights={"add": 3.0})
+    names = [e.prompt[0] for s in range(40) for e in m.batch(s, 50)]
+    share_add = names.count("A") / len(names)
+    assert 0.70 < share_add < 0.80  # expected 0.75
+    levels = [e.level for s in range(40) for e in m.batch(s, 50) if e.prompt[0] == "A"]
+    assert 0.4 < levels.count(1) / len(levels) < 0.6
+
+
+def test_unknown_weight_name_is_config_error():
+    from taskloc.data import DataConfig
+    from taskloc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.weights names \['hopp'\]"):
+        DataConfig(tasks=["hop"], weights={"hopp": 2.0})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -22,12 +23,18 @@ class DataConfig(Config):
                              "task names (registry names or jsonl:PATH)")
     train_levels: list[int] = field([1, 2, 3], "difficulty levels seen in training (in-distribution)")
     ood_levels: list[int] = field([4, 5], "levels held out as out-of-distribution probes")
+    weights: dict[str, float] = field({}, "relative sampling weight per task name (default 1): harder tasks can get more of the batch")
 
     def validate(self) -> None:
         if not self.tasks:
             raise ConfigError("data.tasks is empty; name at least one task (see `taskloc tasks`).")
         if not self.train_levels:
             raise ConfigError("data.train_levels is empty; give at least one level, e.g. [1, 2, 3].")
+        unknown = sorted(set(self.weights) - set(self.tasks))
+        if unknown:
+            raise ConfigError(f"data.weights names {unknown}, which are not in data.tasks {self.tasks}.")
+        if any(w <= 0 for w in self.weights.values()):
+            raise ConfigError(f"data.weights={self.weights}: every weight must be positive.")
         overlap = set(self.train_levels) & set(self.ood_levels)
         if overlap:
             raise ConfigError(f"levels {sorted(overlap)} are in both data.train_levels and data.ood_levels; a level is one or the other.")
@@ -48,17 +55,22 @@ def stable_int(text: str) -> int:
 
 
 class TaskMixture:
-    """Uniform mixture over (task, level) cells."""
+    """Mixture over (task, level) cells: tasks in proportion to their weights (default equal),
+    levels uniform within a task."""
 
-    def __init__(self, tasks: list[Task], levels: list[int], seed: int) -> None:
+    def __init__(self, tasks: list[Task], levels: list[int], seed: int, weights: Optional[dict[str, float]] = None) -> None:
         self.cells = [(t, lv) for t in tasks for lv in levels if lv in t.levels]
         if not self.cells:
             raise ConfigError("no (task, level) pair to train on: the tasks have none of the training levels.")
         self.seed = seed
+        weights = weights or {}
+        per_task = {t.name: sum(1 for c in self.cells if c[0] is t) for t in tasks}
+        p = np.array([weights.get(t.name, 1.0) / per_task[t.name] for t, _ in self.cells])
+        self.probs = p / p.sum()
 
     def batch(self, step: int, size: int) -> list[Example]:
         rng = np.random.default_rng([self.seed, step])
-        counts = np.bincount(rng.integers(0, len(self.cells), size=size), minlength=len(self.cells))
+        counts = np.bincount(rng.choice(len(self.cells), size=size, p=self.probs), minlength=len(self.cells))
         out: list[Example] = []
         for (task, level), n in zip(self.cells, counts):
             if n:
@@ -66,7 +78,7 @@ class TaskMixture:
         return out
 
     def fingerprint(self) -> str:
-        blob = repr(([(t.name, lv) for t, lv in self.cells], self.seed)).encode()
+        blob = repr(([(t.name, lv) for t, lv in self.cells], self.seed, self.probs.round(12).tolist())).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -142,7 +142,7 @@ class RunContext:
         if final.exists():
             model.load_state_dict(load_model_tensors(final))
             return model, json.loads((folder / "history.json").read_text())
-        mixture = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed)
+        mixture = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed, cfg.data.weights)
         history = train(model, cfg.pretrain, mixture, checkpoint=folder / "checkpoint.safetensors",
                         evaluate=lambda m: {"accuracy": self.accuracy(m)}, label="pretrain base",
                         meta={"kind": "pretrain", "data_hash": mixture.fingerprint()},

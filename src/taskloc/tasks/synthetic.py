@@ -68,14 +68,17 @@ class Reversal(ExactMatchTask):
 @TASKS.register("hop")
 class MultiHopLookup(ExactMatchTask):
     name = "hop"
-    description = "follow `level` hops through shuffled key->value letter pairs (3 distractor pairs); write the path"
+    description = "follow `level` hops through shuffled key->value letter pairs (2 distractor pairs, letters a-j); write the path"
     levels = LEVELS
-    distractors = 3
+    distractors = 2
+    # A small alphabet: each letter is seen often enough for the lookup circuit to form within a
+    # CPU-sized pretraining budget (with all 26 letters it plateaued near chance).
+    alphabet = "abcdefghij"
 
     def sample(self, n, rng, level):
         out = []
         for _ in range(n):
-            letters = _letters(rng, level + 1 + 2 * self.distractors, replace=False)
+            letters = "".join(rng.choice(list(self.alphabet), size=level + 1 + 2 * self.distractors, replace=False))
             chain, rest = letters[: level + 1], letters[level + 1 :]
             pairs = [chain[i : i + 2] for i in range(level)]
             pairs += [rest[2 * i : 2 * i + 2] for i in range(self.distractors)]
@@ -134,12 +137,13 @@ class VerboseArithmetic(ExactMatchTask):
 @TASKS.register("arith")
 class ConciseArithmetic(ExactMatchTask):
     name = "arith"
-    description = "the same mod-10 chains as `trace`, answered concisely with the final digit"
+    description = "the same mod-10 chains as `trace`, answered concisely: only the running results"
     levels = LEVELS
 
     def sample(self, n, rng, level):
         out = []
         for _ in range(n):
-            expr, _, answer = arithmetic_problem(rng, level)
-            out.append(Example(f"Q:{expr}=", str(answer), level))
+            expr, steps, _ = arithmetic_problem(rng, level)
+            # "8+6=4,4-1=3" (verbose) becomes "4,3": the same chain of thought, compressed.
+            out.append(Example(f"Q:{expr}=", ",".join(s.split("=")[1] for s in steps), level))
         return out
