@@ -60,6 +60,18 @@ def report(run_dir: Path = typer.Argument(..., help="a run directory holding res
     console.print(f"report: {rebuild_report(run_dir)}")
 
 
+@app.command()
+def sites(
+    model: Path = typer.Argument(..., help="a taskloc run directory or model .safetensors, or a local Hugging Face folder"),
+    prompt: str = typer.Option("A:12+34=", help="text to run through the model"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+) -> None:
+    """List a model's hook sites with their shapes and last-token statistics on one prompt."""
+    from .sites import describe_sites
+
+    describe_sites(model, prompt, device)
+
+
 # --- checkpoint verbs (delta, graft, merge, ...) are added below this line ---
 
 

@@ -119,13 +119,17 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        # Modules are registered in forward order so site listings read top to bottom.
+        self.hook_resid_pre = HookPoint()
         self.ln_attn = nn.LayerNorm(cfg.d_model)
         self.attn = Attention(cfg)
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
         self.ln_mlp = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
         self.sites = cfg.hook_sites
-        for site in ("hook_resid_pre", "hook_attn_out", "hook_resid_mid", "hook_mlp_out", "hook_resid_post"):
-            setattr(self, site, HookPoint())
 
     def forward(self, x: torch.Tensor, past=None):
         if not self.sites:  # benchmark baseline: the same arithmetic with no site calls

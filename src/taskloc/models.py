@@ -1,0 +1,75 @@
+"""One loader for every model a verb can take: a taskloc TinyLM (a run directory or a model
+.safetensors written by taskloc) or a local Hugging Face folder. Both come back with the same
+hook-site names, so activation-level verbs work on either."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import nn
+
+from .device import pick_device
+from .errors import CheckpointError, DataError
+from .model import ModelConfig, TinyLM
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module  # TinyLM or taskloc.hf.HFModel: forward(ids (B, T)) -> logits (B, T, V)
+    kind: str  # "tinylm" or the HF family
+    encode: Callable[[str], list[int]]
+    source: Path
+
+
+def _tinylm_file(path: Path) -> Optional[Path]:
+    if path.is_file() and path.suffix == ".safetensors":
+        return path
+    if path.is_dir():
+        candidates = sorted(path.glob("artefacts/base-*/model.safetensors"))
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            raise CheckpointError(f"{path} holds {len(candidates)} base models ({', '.join(str(c) for c in candidates)}); pass one file.")
+    return None
+
+
+def load_tinylm(path: Path, device: torch.device) -> TinyLM:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); pass a model written by taskloc.") from None
+    if "taskloc" not in meta:
+        raise CheckpointError(f"{path} carries no taskloc metadata, so its architecture is unknown; "
+                              "pass a taskloc run directory or a Hugging Face folder.")
+    info: dict[str, Any] = json.loads(meta["taskloc"])
+    if "model" not in info:
+        raise CheckpointError(f"{path} is a taskloc artefact without a model config (kind {info.get('kind')!r}); pass a base model.")
+    model = TinyLM(ModelConfig(**info["model"]))
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval()
+
+
+def load_model(path: Path, device: str = "auto") -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model path {path} does not exist; pass a taskloc run directory, a taskloc .safetensors or a Hugging Face folder.")
+    dev = pick_device(device)
+    tiny = _tinylm_file(path)
+    if tiny is not None:
+        from .tasks import encode
+
+        return LoadedModel(load_tinylm(tiny, dev), "tinylm", encode, tiny)
+    from .hf import load_hf_model
+
+    hf = load_hf_model(path, device=device)
+    if hf.tokenizer is None:
+        def no_tokenizer(text: str) -> list[int]:
+            raise DataError(f"{path} has no tokenizer files, so text prompts cannot be encoded; add the tokenizer to the folder.")
+        return LoadedModel(hf, hf.family, no_tokenizer, path)
+    return LoadedModel(hf, hf.family, lambda text: hf.tokenizer(text)["input_ids"], path)
