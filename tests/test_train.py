@@ -98,3 +98,21 @@ def test_unknown_weight_name_is_config_error():
 
     with pytest.raises(ConfigError, match=r"data.weights names \['hopp'\]"):
         DataConfig(tasks=["hop"], weights={"hopp": 2.0})
+
+
+def test_sequential_phases_resume_from_the_last_finished_phase(tmp_path):
+    from taskloc.train import Phase, train_sequential
+
+    cfg = TrainConfig(steps=6, batch_size=8, warmup=1, ckpt_every=3)
+    phases = [Phase(cfg, TaskMixture([get_task("add")], [1], seed=0), "A"),
+              Phase(cfg, TaskMixture([get_task("reverse")], [1], seed=1), "B")]
+    reference = fresh()
+    train_sequential(reference, phases, tmp_path / "ref")
+    assert (tmp_path / "ref" / "phase-1.safetensors").exists()
+    # A run that stopped after phase A (phase B's file absent) picks up from phase A's weights.
+    partial = tmp_path / "partial"
+    train_sequential(fresh(), phases[:1], partial)
+    resumed = fresh(seed=9)
+    train_sequential(resumed, phases, partial)
+    for (n, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from .config import Config, field
 from .data import TaskMixture
 from .errors import ConfigError
-from .io.atomic import write_safetensors
+from .io.atomic import write_json, write_safetensors
 from .model import TinyLM
 from .progress import progress_bar
 from .tasks import encode_batch
@@ -170,3 +170,39 @@ def train(
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()
     return history
+
+
+@dataclass
+class Phase:
+    """One stage of sequential training: its schedule, its data and a label."""
+
+    cfg: TrainConfig
+    mixture: TaskMixture
+    label: str
+    mask: Optional[Mask] = None
+
+
+def train_sequential(model: TinyLM, phases: list[Phase], folder: Path,
+                     evaluate: Optional[Callable[[TinyLM], dict]] = None) -> list[list[dict]]:
+    """Train through ``phases`` in order (task A, then task B, ...), e.g. to measure forgetting.
+
+    Each finished phase leaves its weights in ``folder/phase-<i>.safetensors``; a resumed run
+    loads the last finished phase and continues inside the next one from its checkpoint.
+    Returns each phase's learning-curve history.
+    """
+    from safetensors.torch import load_file
+
+    histories = []
+    for i, phase in enumerate(phases):
+        done = folder / f"phase-{i}.safetensors"
+        history_file = folder / f"phase-{i}.json"
+        if done.exists():
+            model.load_state_dict(load_file(str(done)))
+            histories.append(json.loads(history_file.read_text()))
+            continue
+        history = train(model, phase.cfg, phase.mixture, checkpoint=folder / f"phase-{i}.checkpoint.safetensors",
+                        evaluate=evaluate, mask=phase.mask, label=phase.label)
+        write_json(history_file, history)
+        write_safetensors(done, model.state_dict(), {"phase": str(i), "label": phase.label})
+        histories.append(history)
+    return histories
