@@ -22,6 +22,15 @@ def run_cli(args, capsys):
     (["--preset", "quik"], r"unknown preset 'quik'\. Did you mean 'quick'"),
     (["--preset", "quick", "--set", "studies.base-model.competence=2.0"], r"competence=2\.0 must lie in \(0, 1\]"),
     (["--preset", "quick", "--set", "studies.base-modle.competence=0.5"], r"unknown study 'base-modle'"),
+    (["--preset", "quick", "--set", "model=5"], r"config value model must be a table of settings"),
+    (["--preset", "quick", "--set", "data.weights.add=NaN"], r"is not a finite number"),
+    (["--preset", "quick", "--set", "pretrain.lr=Infinity"], r"is not a finite number"),
+    (["--preset", "quick", "--set", "pretrain.warmup=-5"], r"warmup=-5 must be >= 0"),
+    (["--preset", "quick", "--set", "preset=full"], r"'preset' is chosen with --preset"),
+    (["weight-delta", "--preset", "quick", "--set", "studies.weight-delta.target_level=2"], r"target_level=2 is a trained level"),
+    (["weight-delta", "--preset", "quick", "--set", "studies.weight-delta.control_seeds=3"], r"control_seeds=3 must lie between 1 and seeds=2"),
+    (["weight-delta", "--preset", "quick", "--set", 'studies.weight-delta.tasks=["add", "hopp"]'], r"unknown task 'hopp'"),
+    (["weight-delta", "--preset", "quick", "--set", "studies.weight-delta.support_fraction=0.05"], r"support_fraction=0.05 must be one of graft_fractions"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "run"
@@ -55,3 +64,35 @@ def test_studies_and_tasks_listings(capsys):
     main(["tasks"])
     listing = capsys.readouterr().err
     assert all(name in listing for name in ("add", "sort", "reverse", "hop", "copy", "trace", "arith"))
+
+
+def test_out_pointing_at_a_file(tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    code, err = run_cli(["run", "--preset", "quick", "--out", str(target)], capsys)
+    assert code == 2 and "is a file; pass a directory" in err
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize("content, message", [(b"{}", "is not a taskloc results file"), (b"[1]", "is not a taskloc results file"),
+                                              (b"\xff\xfe", "is not valid JSON")])
+def test_report_of_a_damaged_results_file(tmp_path, capsys, content, message):
+    (tmp_path / "results.json").write_bytes(content)
+    code, err = run_cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and message in err and not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("content, message", [(b'{"prompt": "", "target": "y"}\n', "must be non-empty strings"),
+                                              (b"\xff\xfe{}", "is not UTF-8 text")])
+def test_more_bad_jsonl(tmp_path, capsys, content, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(content)
+    code, err = run_cli(["run", "--preset", "quick", "--out", str(tmp_path / "run"), "--set", f'data.tasks=["jsonl:{bad}"]'], capsys)
+    assert code == 2 and message in err and not (tmp_path / "run").exists()
+
+
+def test_ints_in_float_lists_are_fractions_not_counts():
+    from taskloc.studies.weight_delta import WeightDeltaConfig
+
+    cfg = WeightDeltaConfig.from_dict({"graft_fractions": [0.01, 1]})
+    assert cfg.graft_fractions == [0.01, 1.0] and all(isinstance(f, float) for f in cfg.graft_fractions)

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import typing
 from importlib import resources
@@ -55,6 +56,31 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+def _widen_ints(value: Any, annotation: Any) -> Any:
+    """An int where a float is expected becomes a float, also inside lists and dicts, so that
+    ``[0.01, 1]`` means two fractions and never a fraction and a count."""
+    origin = get_origin(annotation)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is list and isinstance(value, list):
+        (item,) = get_args(annotation)
+        return [_widen_ints(v, item) for v in value]
+    if origin is dict and isinstance(value, dict):
+        _, val_t = get_args(annotation)
+        return {k: _widen_ints(v, val_t) for k, v in value.items()}
+    return value
+
+
+def _all_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    return True
+
+
 def _describe(annotation: Any) -> str:
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(annotation))
@@ -68,16 +94,17 @@ class Config:
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
             annotation = hints[f.name]
-            if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-                object.__setattr__(self, f.name, value)
+            value = _widen_ints(getattr(self, f.name), annotation)
+            object.__setattr__(self, f.name, value)
+            where = f"{type(self).__name__}.{f.name}"
             if not _type_ok(value, annotation):
                 raise ConfigError(
-                    f"config value {type(self).__name__}.{f.name}={value!r} has the wrong type: "
+                    f"config value {where}={value!r} has the wrong type: "
                     f"expected {_describe(annotation)}; fix the preset file or the --set override."
                 )
+            if not _all_finite(value):
+                raise ConfigError(f"config value {where}={value!r} is not a finite number; give a real value.")
         self.validate()
 
     def validate(self) -> None:
@@ -153,6 +180,8 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass a TOML file made from a preset.")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; save it as UTF-8 TOML.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None

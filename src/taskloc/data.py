@@ -33,7 +33,7 @@ class DataConfig(Config):
         unknown = sorted(set(self.weights) - set(self.tasks))
         if unknown:
             raise ConfigError(f"data.weights names {unknown}, which are not in data.tasks {self.tasks}.")
-        if any(w <= 0 for w in self.weights.values()):
+        if any(not w > 0 for w in self.weights.values()):
             raise ConfigError(f"data.weights={self.weights}: every weight must be positive.")
         overlap = set(self.train_levels) & set(self.ood_levels)
         if overlap:

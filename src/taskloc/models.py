@@ -47,11 +47,18 @@ def load_tinylm(path: Path, device: torch.device) -> TinyLM:
     if "taskloc" not in meta:
         raise CheckpointError(f"{path} carries no taskloc metadata, so its architecture is unknown; "
                               "pass a taskloc run directory or a Hugging Face folder.")
-    info: dict[str, Any] = json.loads(meta["taskloc"])
-    if "model" not in info:
-        raise CheckpointError(f"{path} is a taskloc artefact without a model config (kind {info.get('kind')!r}); pass a base model.")
-    model = TinyLM(ModelConfig(**info["model"]))
-    model.load_state_dict(load_file(str(path)))
+    try:
+        info: dict[str, Any] = json.loads(meta["taskloc"])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path} has damaged taskloc metadata (not JSON); re-export the model with taskloc.") from None
+    if not isinstance(info, dict) or not isinstance(info.get("model"), dict):
+        raise CheckpointError(f"{path} is a taskloc artefact without a model config; pass a base model.")
+    model = TinyLM(ModelConfig.from_dict(info["model"], "model."))
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise CheckpointError(f"{path}: weights do not fit the model config in its metadata ({first}).") from None
     return model.to(device).eval()
 
 

@@ -14,7 +14,8 @@ def did_you_mean(name: str, known: list[str], kind: str) -> str:
     """One line: the unknown name, the closest known ones, and the full list."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(sorted(known))}."
+    plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+    return f"unknown {kind} {name!r}.{hint} Known {plural}: {', '.join(sorted(known))}."
 
 
 class Registry(Generic[T]):

@@ -30,7 +30,7 @@ from .data import DataConfig, TaskMixture
 from .device import pick_device
 from .errors import ConfigError, RunDirError
 from .evaluate import accuracy_table
-from .io.atomic import write_json, write_safetensors
+from .io.atomic import write_json, write_safetensors, write_text
 from .model import ModelConfig, TinyLM
 from .progress import console
 from .studies import STUDIES, Study
@@ -68,8 +68,11 @@ def resolve_config(preset: str, config_file: Optional[Path] = None, overrides: t
     if config_file is not None:
         data = _deep_merge(data, load_config_file(config_file))
     data = apply_overrides(data, list(overrides))
-    data.setdefault("preset", preset)
-    data.setdefault("model", {}).setdefault("vocab_size", VOCAB_SIZE)
+    if "preset" in data:
+        raise ConfigError("'preset' is chosen with --preset, not set in a config file or with --set.")
+    data["preset"] = preset
+    if isinstance(data.get("model", {}), dict):
+        data.setdefault("model", {}).setdefault("vocab_size", VOCAB_SIZE)
     return RunConfig.from_dict(data)
 
 
@@ -118,20 +121,23 @@ class RunContext:
     def finetune(self, label: str, key: dict[str, Any], start: dict[str, torch.Tensor], mixture: Any,
                  train_cfg: TrainConfig, mask: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
         """Fine-tune from ``start`` weights; cached (and resumable) under artefacts/ft-<hash of key>.
-        ``key`` must name everything that makes this run different from others (task, seed, regime);
-        the base model, the training config and the data fingerprint are added to it here."""
-        blob = json.dumps({**key, "base": self.base_key, "train": train_cfg.to_dict(),
-                           "data": mixture.fingerprint()}, sort_keys=True)
+        Returns the tuned weights on the CPU. ``key`` names what makes this run different from
+        others (task, seed, regime); the start weights, the mask, the training config and the data
+        fingerprint are hashed into it here, so a changed ingredient never reuses a stale run."""
+        blob = json.dumps({**key, "start": _tensor_digest(start), "mask": _tensor_digest(mask) if mask else None,
+                           "train": train_cfg.to_dict(), "data": mixture.fingerprint()}, sort_keys=True)
         folder = self.artefact_dir("ft", hashlib.sha256(blob.encode()).hexdigest()[:16])
         final = folder / "model.safetensors"
         if final.exists():
             return load_model_tensors(final)
         model = self.new_model()
         model.load_state_dict(start)
-        train(model, train_cfg, mixture, checkpoint=folder / "checkpoint.safetensors", mask=mask, label=label,
+        checkpoint = folder / "checkpoint.safetensors"
+        train(model, train_cfg, mixture, checkpoint=checkpoint, mask=mask, label=label,
               meta={"kind": "finetune", "key": blob}, log=lambda r: None)
-        tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         write_safetensors(final, tensors, {"taskloc": blob})
+        checkpoint.unlink(missing_ok=True)
         return tensors
 
     def _load_or_pretrain(self) -> tuple[TinyLM, list[dict]]:
@@ -143,7 +149,8 @@ class RunContext:
             model.load_state_dict(load_model_tensors(final))
             return model, json.loads((folder / "history.json").read_text())
         mixture = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed, cfg.data.weights)
-        history = train(model, cfg.pretrain, mixture, checkpoint=folder / "checkpoint.safetensors",
+        checkpoint = folder / "checkpoint.safetensors"
+        history = train(model, cfg.pretrain, mixture, checkpoint=checkpoint,
                         evaluate=lambda m: {"accuracy": self.accuracy(m)}, label="pretrain base",
                         meta={"kind": "pretrain", "data_hash": mixture.fingerprint()},
                         log=lambda r: self.log(r) if r["step"] % 10 == 0 else None)
@@ -151,7 +158,17 @@ class RunContext:
         write_safetensors(final, model.state_dict(), {
             "taskloc": json.dumps({"kind": "base", "model": cfg.model.to_dict(), "step": cfg.pretrain.steps,
                                    "data_hash": mixture.fingerprint(), "seed": cfg.seed})})
+        checkpoint.unlink(missing_ok=True)
         return model, history
+
+
+def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -178,7 +195,9 @@ def resolve_studies(names: list[str], cfg: RunConfig) -> list[tuple[Study, Confi
     for name in names:
         study_cls = STUDIES.get(name)
         study_cfg = study_cls.Config.from_dict(cfg.studies.get(name, {}), f"studies.{name}.")
-        out.append((study_cls(), study_cfg))
+        study = study_cls()
+        study.check(study_cfg, cfg)  # settings that only make sense against the run's data
+        out.append((study, study_cfg))
     return out
 
 
@@ -190,6 +209,8 @@ def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path
     tasks = cfg.data.load_tasks()
     dev = pick_device(device)
     run_dir = Path(out) if out is not None else Path("runs") / preset
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir} is a file; pass a directory for the run.")
     config_json = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
     if (run_dir / "config.json").exists():
         if (run_dir / "config.json").read_text() != config_json:
@@ -200,7 +221,7 @@ def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        (run_dir / "config.json").write_text(config_json)
+        write_text(run_dir / "config.json", config_json)
         ctx = RunContext(run_dir, cfg, dev, tasks)
         results, timings = {}, {}
         for study, study_cfg in plan:

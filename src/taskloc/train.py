@@ -46,6 +46,9 @@ class TrainConfig(Config):
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} must be positive.")
+        if self.warmup < 0 or not 0 <= self.min_lr_frac <= 1 or self.grad_clip <= 0 or self.weight_decay < 0:
+            raise ConfigError(f"warmup={self.warmup} must be >= 0, min_lr_frac={self.min_lr_frac} in [0, 1], "
+                              f"grad_clip={self.grad_clip} > 0 and weight_decay={self.weight_decay} >= 0.")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -112,7 +115,8 @@ def train(
 ) -> list[dict]:
     """Train ``model`` in place for cfg.steps steps on batches from ``mixture``.
 
-    checkpoint: resumable state file; resumed from when present, deleted at the end.
+    checkpoint: resumable state file; resumed from when present. The caller deletes it once the
+                final weights are safely written (a kill in between then costs nothing).
     evaluate:   model -> metrics dict, called every cfg.eval_every steps and at the end; the
                 history of those calls (the learning curve) is returned.
     mask:       when given, only entries where mask is True change: gradients are masked so Adam's
@@ -147,13 +151,13 @@ def train(
             if mask is not None:
                 for n, m in mask.items():
                     if params[n].grad is not None:
-                        params[n].grad.mul_(m)
+                        params[n].grad.mul_(m.to(params[n].device, params[n].dtype))
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             if mask is not None:
                 with torch.no_grad():
                     for n, m in mask.items():
-                        params[n].copy_(torch.where(m, params[n], frozen[n]))
+                        params[n].copy_(torch.where(m.to(params[n].device, torch.bool), params[n], frozen[n]))
             done = step + 1
             if log is not None:
                 log({"phase": label, "step": done, "loss": round(loss.item(), 6), "lr": lr_at(step, cfg)})
@@ -167,8 +171,6 @@ def train(
     model.eval()
     for p in params.values():
         p.requires_grad_(True)
-    if checkpoint is not None and checkpoint.exists():
-        checkpoint.unlink()
     return history
 
 
@@ -204,5 +206,6 @@ def train_sequential(model: TinyLM, phases: list[Phase], folder: Path,
                         evaluate=evaluate, mask=phase.mask, label=phase.label)
         write_json(history_file, history)
         write_safetensors(done, model.state_dict(), {"phase": str(i), "label": phase.label})
+        (folder / f"phase-{i}.checkpoint.safetensors").unlink(missing_ok=True)
         histories.append(history)
     return histories

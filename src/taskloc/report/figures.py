@@ -44,7 +44,9 @@ def _lines(spec: dict[str, Any]):
         style = s.get("style", "-")
         ax.plot(s["x"], s["y"], style, color=color, label=s["label"], marker="o", markersize=3, linewidth=1.6)
         if s.get("lo") is not None and s.get("hi") is not None:
-            ax.fill_between(s["x"], s["lo"], s["hi"], color=color, alpha=0.15, linewidth=0)
+            # null (an interval with no data) becomes NaN: the band simply has a gap there.
+            lo, hi = np.asarray(s["lo"], dtype=float), np.asarray(s["hi"], dtype=float)
+            ax.fill_between(s["x"], lo, hi, color=color, alpha=0.15, linewidth=0)
     if spec.get("logx"):
         ax.set_xscale("log")
     if spec.get("ylim"):
@@ -85,13 +87,18 @@ def _heatmap(spec: dict[str, Any]):
 def _bars(spec: dict[str, Any]):
     cats, groups = spec["categories"], spec["groups"]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if not cats or not groups:
+        ax.text(0.5, 0.5, "no data to plot (see the study notes)", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=spec["title"], xticks=[], yticks=[])
+        return fig
     width = 0.8 / max(1, len(groups))
     x = np.arange(len(cats))
     for i, g in enumerate(groups):
         vals = np.asarray(g["values"], dtype=float)
         err = None
         if g.get("lo") is not None:
-            err = np.vstack([vals - np.asarray(g["lo"], float), np.asarray(g["hi"], float) - vals]).clip(min=0)
+            err = np.vstack([vals - np.asarray(g["lo"], float), np.asarray(g["hi"], float) - vals])
+            err = np.nan_to_num(err, nan=0.0).clip(min=0)  # no interval: no error bar
         ax.bar(x + (i - (len(groups) - 1) / 2) * width, vals, width, yerr=err, capsize=2,
                color=g.get("color", PALETTE[i % len(PALETTE)]), label=g["label"])
     crowded = len(cats) * max(len(c) for c in cats) > 48

@@ -98,7 +98,11 @@ def rebuild_report(run_dir: Path) -> Path:
     if not results.is_file():
         raise RunDirError(f"{run_dir} has no results.json; give a finished run directory (made by `taskloc run`).")
     try:
-        document = json.loads(results.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunDirError(f"{results} is not valid JSON ({exc.msg}); rerun `taskloc run` to rewrite it.") from None
+        document = json.loads(results.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{results} is not valid JSON ({exc}); rerun `taskloc run` to rewrite it.") from None
+    expected = {"taskloc_version", "preset", "config", "claims", "studies"}
+    if not isinstance(document, dict) or not expected <= set(document):
+        raise RunDirError(f"{results} is not a taskloc results file (it needs the keys {sorted(expected)}); "
+                          "rerun `taskloc run` to rewrite it.")
     return write_report(Path(run_dir), document)

@@ -54,6 +54,10 @@ class Study:
     claims: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[Config]] = Config
 
+    def check(self, cfg: Config, run_cfg: Config) -> None:
+        """Validate settings against the whole run's config (tasks, levels) before any work
+        starts; raise ConfigError naming the setting and the fix."""
+
     def run(self, ctx: "RunContext", cfg: Config) -> StudyResult:  # noqa: F821
         raise NotImplementedError
 

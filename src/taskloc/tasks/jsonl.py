@@ -31,22 +31,27 @@ def load_examples(path: Path) -> dict[int, list[Example]]:
     if not path.is_file():
         raise DataError(f"task file {path} does not exist; give the path of a JSONL file.")
     by_level: dict[int, list[Example]] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where} is not valid JSON ({exc.msg}); write one JSON object per line.") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("target"), str):
-                raise DataError(f'{where} needs string fields "prompt" and "target" (and an integer "level").')
-            level = obj.get("level", 1)
-            if not isinstance(level, int) or isinstance(level, bool) or level < 1:
-                raise DataError(f'{where}: "level" must be a positive integer, got {level!r}.')
-            encode(obj["prompt"] + obj["target"])  # reject characters outside the vocabulary now
-            by_level.setdefault(level, []).append(Example(obj["prompt"], obj["target"], level))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"task file {path} is not UTF-8 text; save it as UTF-8 JSONL.") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where} is not valid JSON ({exc.msg}); write one JSON object per line.") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not isinstance(obj.get("target"), str):
+            raise DataError(f'{where} needs string fields "prompt" and "target" (and an integer "level").')
+        level = obj.get("level", 1)
+        if not isinstance(level, int) or isinstance(level, bool) or level < 1:
+            raise DataError(f'{where}: "level" must be a positive integer, got {level!r}.')
+        if not obj["prompt"] or not obj["target"]:
+            raise DataError(f'{where}: "prompt" and "target" must be non-empty strings.')
+        encode(obj["prompt"] + obj["target"])  # reject characters outside the vocabulary now
+        by_level.setdefault(level, []).append(Example(obj["prompt"], obj["target"], level))
     if not by_level:
         raise DataError(f"task file {path} is empty; it needs one JSON object per line.")
     return by_level
