@@ -108,7 +108,7 @@ def test_sequential_phases_resume_from_the_last_finished_phase(tmp_path):
               Phase(cfg, TaskMixture([get_task("reverse")], [1], seed=1), "B")]
     reference = fresh()
     train_sequential(reference, phases, tmp_path / "ref")
-    assert (tmp_path / "ref" / "phase-1.safetensors").exists()
+    assert len(list((tmp_path / "ref").glob("phase-1-*.safetensors"))) == 1
     # A run that stopped after phase A (phase B's file absent) picks up from phase A's weights.
     partial = tmp_path / "partial"
     train_sequential(fresh(), phases[:1], partial)
@@ -116,3 +116,14 @@ def test_sequential_phases_resume_from_the_last_finished_phase(tmp_path):
     train_sequential(resumed, phases, partial)
     for (n, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+def test_sequential_phases_in_another_order_do_not_reuse_files(tmp_path):
+    from taskloc.train import Phase, train_sequential
+
+    cfg = TrainConfig(steps=3, batch_size=8, warmup=1)
+    a = Phase(cfg, TaskMixture([get_task("add")], [1], seed=0), "A")
+    b = Phase(cfg, TaskMixture([get_task("reverse")], [1], seed=1), "B")
+    train_sequential(fresh(), [a, b], tmp_path)
+    train_sequential(fresh(), [b, a], tmp_path)
+    assert len(list(tmp_path.glob("phase-0-*.safetensors"))) == 2

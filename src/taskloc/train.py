@@ -7,6 +7,7 @@ arithmetic is deterministic, ends with bit-identical weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -188,24 +189,29 @@ def train_sequential(model: TinyLM, phases: list[Phase], folder: Path,
                      evaluate: Optional[Callable[[TinyLM], dict]] = None) -> list[list[dict]]:
     """Train through ``phases`` in order (task A, then task B, ...), e.g. to measure forgetting.
 
-    Each finished phase leaves its weights in ``folder/phase-<i>.safetensors``; a resumed run
+    Each finished phase leaves its weights in ``folder/phase-<i>-<hash>.safetensors``; a resumed run
     loads the last finished phase and continues inside the next one from its checkpoint.
     Returns each phase's learning-curve history.
     """
     from safetensors.torch import load_file
 
     histories = []
+    chain = hashlib.sha256()
     for i, phase in enumerate(phases):
-        done = folder / f"phase-{i}.safetensors"
-        history_file = folder / f"phase-{i}.json"
+        # Files are named by a hash of this phase and every phase before it, so a reordered or
+        # edited list of phases never picks up another sequence's weights.
+        chain.update(json.dumps([phase.label, phase.cfg.to_dict(), phase.mixture.fingerprint(), phase.mask is not None]).encode())
+        stem = f"phase-{i}-{chain.hexdigest()[:12]}"
+        done = folder / f"{stem}.safetensors"
+        history_file = folder / f"{stem}.json"
         if done.exists():
             model.load_state_dict(load_file(str(done)))
             histories.append(json.loads(history_file.read_text()))
             continue
-        history = train(model, phase.cfg, phase.mixture, checkpoint=folder / f"phase-{i}.checkpoint.safetensors",
+        history = train(model, phase.cfg, phase.mixture, checkpoint=folder / f"{stem}.checkpoint.safetensors",
                         evaluate=evaluate, mask=phase.mask, label=phase.label)
         write_json(history_file, history)
         write_safetensors(done, model.state_dict(), {"phase": str(i), "label": phase.label})
-        (folder / f"phase-{i}.checkpoint.safetensors").unlink(missing_ok=True)
+        (folder / f"{stem}.checkpoint.safetensors").unlink(missing_ok=True)
         histories.append(history)
     return histories
