@@ -86,3 +86,17 @@ def test_report_rebuild_is_identical(reference_run):
     page.unlink()
     main(["report", str(reference_run)])
     assert page.read_text() == original
+
+
+def test_jsonl_task_with_missing_levels_runs_and_is_noted(tmp_path):
+    task_file = tmp_path / "t.jsonl"
+    task_file.write_text("\n".join(json.dumps({"prompt": f"X:{i}>", "target": str(i % 7), "level": 1}) for i in range(20)) + "\n")
+    out = tmp_path / "run"
+    main(["run", "base-model", "--preset", "quick", "--out", str(out), "--set", "pretrain.steps=10",
+          "--set", f'data.tasks=["add", "jsonl:{task_file}"]'])
+    doc = json.loads((out / "results.json").read_text())
+    acc = doc["studies"]["base-model"]["metrics"]["accuracy"]
+    assert set(acc[f"jsonl:{task_file}"]) == {"1"}  # only the level the file has
+    assert any("same file they are trained on" in n for n in doc["studies"]["base-model"]["notes"])
+    gap = next(c for c in doc["claims"] if c["id"] == "base-ood-gap")
+    assert "1 tasks" in gap["measure"]  # the file task has no OOD level, so only `add` has a gap

@@ -116,7 +116,9 @@ class RunContext:
     @property
     def base_key(self) -> str:
         cfg = self.cfg
-        return Config.fingerprint(_Key(cfg.seed, cfg.model, cfg.data, cfg.pretrain, cfg.eval))
+        key = Config.fingerprint(_Key(cfg.seed, cfg.model, cfg.data, cfg.pretrain, cfg.eval))
+        digests = [t.digest for t in self.tasks if getattr(t, "digest", None)]  # task files' contents
+        return hashlib.sha256((key + "".join(digests)).encode()).hexdigest()[:16] if digests else key
 
     def finetune(self, label: str, key: dict[str, Any], start: dict[str, torch.Tensor], mixture: Any,
                  train_cfg: TrainConfig, mask: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:

@@ -124,6 +124,9 @@ class BaseModelStudy(Study):
         result.tables.append({"title": "Accuracy per task and level (correct / total)",
                               "columns": ["task"] + [f"L{lv}{' (OOD)' if lv in ood else ''}" for lv in levels],
                               "rows": [[t] + [f"{acc[t][lv][0]}/{acc[t][lv][1]}" if lv in acc[t] else "-" for lv in levels] for t in tasks]})
+        if any(name.startswith("jsonl:") for name in ctx.cfg.data.tasks):
+            result.notes.append("Tasks read from JSONL files are evaluated on examples drawn from the same file they "
+                                "are trained on: their accuracy measures fitting that file, not generalisation.")
         result.notes.append(f"TinyLM with {model.num_params():,} parameters, pretrained for {ctx.cfg.pretrain.steps} steps "
                             f"of {ctx.cfg.pretrain.batch_size} examples on levels {', '.join(trained)}; "
                             f"levels {', '.join(ood) or 'none'} are never trained on.")

@@ -1,6 +1,7 @@
 """A task read from a JSONL file: one {"prompt", "target", "level"} object per line."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +20,9 @@ class JsonlTask(ExactMatchTask):
         self.name = f"jsonl:{path}"
         self.by_level = load_examples(self.path)
         self.levels = tuple(sorted(self.by_level))
+        # The file's content, not just its name, identifies the task: an edited file must not
+        # reuse a model cached for the old one.
+        self.digest = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
 
     def sample(self, n: int, rng: np.random.Generator, level: int) -> list[Example]:
         pool = self.by_level.get(level)
