@@ -28,14 +28,14 @@ def _pair(seed=0, dtype=torch.float32):
 
 
 def _reference_shares(values: torch.Tensor, power: int) -> list[float]:
-    """Plain sort-based Lorenz shares, written independently of taskloc."""
-    v = values.double().abs().pow(power).sort(descending=True).values
-    cs = torch.cat([torch.zeros(1, dtype=torch.float64), v.cumsum(0)])
-    total, n, out = cs[-1], len(v), []
+    """Plain sort-based Lorenz shares, written independently of taskloc; sums are exactly rounded
+    (math.fsum), since a running float64 sum drifts by ~1e-12 over a few 100k entries."""
+    v = values.double().abs().pow(power).sort(descending=True).values.tolist()
+    total, n, out = math.fsum(v), len(v), []
     for q in GRID:
         whole = math.floor(q * n)
-        top = cs[whole] + ((q * n - whole) * v[whole] if whole < n else 0)
-        out.append(float(top / total) if total > 0 else q)
+        top = math.fsum(v[:whole]) + ((q * n - whole) * v[whole] if whole < n else 0)
+        out.append(top / total if total > 0 else q)
     return out
 
 
@@ -90,6 +90,93 @@ def test_global_topk_mask_equals_sort_with_ties(k, cap):
     got = torch.cat([masks[n].reshape(-1) for n in deltas])
     assert torch.equal(got, _reference_mask(deltas, k))
     assert all(masks[n].shape == deltas[n].shape for n in deltas)
+
+
+def _structured(seed=0, dtype=torch.float32):
+    """Checkpoints big enough that the pre-pass samples them: Gaussian changes of different scales,
+    a few rows changed a lot, untouched rows (exact zeros) and ties (values on a grid)."""
+    g = torch.Generator().manual_seed(seed)
+    base, tuned = {}, {}
+    for i, rows in enumerate((300, 257, 400)):
+        b = torch.randn(rows, 500, generator=g) * 0.02
+        d = torch.randn(rows, 500, generator=g) * 1e-4 * (1 + 2 * i)
+        d[torch.randint(0, rows, (6,), generator=g)] += torch.randn(6, 500, generator=g) * 3e-3
+        d[: rows // 10] = 0  # untouched rows
+        d[rows // 10: rows // 5] = torch.round(d[rows // 10: rows // 5] * 1e4) / 1e4  # ties
+        name = f"blocks.{i}.mlp.fc_in.weight"
+        base[name], tuned[name] = b.to(dtype), (b + d).to(dtype)
+    return base, tuned
+
+
+def _check_against_sorting(base, tuned, top, **kwargs):
+    """Run the streaming analysis with a mask sink and compare everything exact with sorting."""
+    from taskloc.deltas.sources import CheckpointPair
+    from taskloc.io import MemoryCheckpoint
+
+    source = CheckpointPair(MemoryCheckpoint(base), MemoryCheckpoint(tuned))
+    sink = MaskSink(source.shapes)
+    report = analyse(source, top=parse_top(top), sink=sink, rank_max_dim=0, **kwargs)
+    deltas = {n: tuned[n].float() - base[n].float() for n in base}
+    flat = torch.cat([d.reshape(-1) for d in deltas.values()])
+    assert report.total.curve_energy == pytest.approx(_reference_shares(flat, 2), abs=1e-12)
+    assert report.total.curve_l1 == pytest.approx(_reference_shares(flat, 1), abs=1e-12)
+    for s in report.tensors:
+        d = deltas[s.name].reshape(-1)
+        assert s.curve_energy == pytest.approx(_reference_shares(d, 2), abs=1e-12), s.name
+        assert s.curve_l1 == pytest.approx(_reference_shares(d, 1), abs=1e-12), s.name
+        assert s.n_changed == int((d != 0).sum()) and s.max_abs == float(d.abs().max())
+        assert s.energy == pytest.approx(float((d.double() ** 2).sum()), rel=1e-12)
+        assert s.base_energy == pytest.approx(float((base[s.name].double() ** 2).sum()), rel=1e-5)
+    k = report.selection.k
+    masks = sink.masks()
+    got = torch.cat([masks[n].reshape(-1) for n in deltas])
+    assert torch.equal(got, _reference_mask(deltas, k)) and int(got.sum()) == k
+    assert report.selection.threshold == float(flat.abs().sort(descending=True).values[k - 1])
+    return report
+
+
+@pytest.mark.parametrize("sample_entries", [None, 0, 2000])  # default / no prediction / a poor one
+@pytest.mark.parametrize("top", ["1%", "20%"])
+def test_sampled_prediction_never_changes_the_exact_results(sample_entries, top):
+    kwargs = {} if sample_entries is None else {"sample_entries": sample_entries}
+    report = _check_against_sorting(*_structured(), top, **kwargs)
+    assert ("pass2_s" in report.timings) == (sample_entries == 0)  # no prediction: pass 2 fetches everything
+
+
+def test_missed_predictions_are_fetched_by_pass_2(monkeypatch):
+    import taskloc.deltas.predict as predict
+
+    monkeypatch.setattr(predict, "Z", 0.0)  # windows without margins miss
+    report = _check_against_sorting(*_structured(seed=1), "5%", sample_entries=300)
+    assert "pass2_s" in report.timings
+
+
+def test_candidates_beyond_the_cap_are_selected_by_pass_2():
+    base, tuned = _structured(seed=2)
+    n = sum(t.numel() for t in base.values())
+    report = _check_against_sorting(base, tuned, "2%", candidate_cap=n // 100)
+    assert "pass2_s" in report.timings and "pass3_s" not in report.timings
+
+
+def test_torch_kernel_equals_numpy_kernel(monkeypatch):
+    from taskloc.deltas import sweep
+
+    monkeypatch.setattr(sweep, "NUMPY_ON_CPU", False)  # the accelerator code path, on CPU
+    _check_against_sorting(*_structured(seed=3), "1%")
+
+
+def test_bfloat16_checkpoints_are_exact():
+    _check_against_sorting(*_structured(seed=4, dtype=torch.bfloat16), "3%")
+
+
+def test_denormal_deltas_are_counted_as_changes():
+    base = {"w": torch.zeros(1000)}
+    tuned = {"w": torch.zeros(1000)}
+    tuned["w"][::3] = torch.tensor(1e-44)  # denormal: bucket 0, like the zeros
+    tuned["w"][1::7] = 2e-3
+    report = delta_stats(base, tuned, top="10%")
+    assert report.tensors[0].n_changed == int((tuned["w"] != 0).sum())
+    assert report.tensors[0].max_abs == float(torch.tensor(2e-3))
 
 
 def test_patch_from_the_third_pass_equals_the_two_pass_patch(tmp_path):

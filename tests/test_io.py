@@ -206,11 +206,9 @@ def test_lora_delta_equals_peft_merge(tmp_path, family):
     adapter = open_checkpoint(tmp_path / "adapter")
     assert adapter.format == "peft-lora"
     source = pair_source(base, adapter)
-    from taskloc.deltas.scratch import Scratch
-
-    changed, scratch = 0, Scratch()
+    changed = 0
     for name in source.names:
-        item = source.load(name, scratch)
+        item = source.load(name)
         tuned = item.tuned if item.tuned is not None else item.base
         want = merged[name].reshape(-1)
         assert torch.equal(tuned, want), name  # same float32 ops in the same order as PEFT
@@ -246,3 +244,19 @@ def test_safetensors_checkpoint_exposes_file_of_each_tensor(tmp_path):
     ckpt = open_checkpoint(folder)
     assert isinstance(ckpt, SafetensorsCheckpoint)
     assert {ckpt.file_of(n).name for n in ckpt.names()} == {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
+
+
+def test_view_flat_maps_the_file_without_copying_and_refuses_a_truncated_file(tmp_path):
+    tensors = _tensors()
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, str(path))
+    ckpt = open_checkpoint(path)
+    for name, t in tensors.items():
+        view = ckpt.view_flat(name)
+        assert view.dtype == t.dtype and torch.equal(view, t.reshape(-1))
+    ckpt.prefetch("tok_emb.weight")  # a hint only
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-10])  # truncated after the header was read: mapping past the end would kill the process
+    with pytest.raises(CheckpointError, match=r"ended while reading tensor"):
+        ckpt.view_flat(max(ckpt.names(), key=lambda n: ckpt.entries[n].end))
+    ckpt.close()

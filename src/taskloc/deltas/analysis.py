@@ -1,19 +1,21 @@
 """Streaming delta analysis: one tensor pair in memory at a time, exact global figures.
 
-Pass 1 streams every tensor: its delta's level-1 radix histogram (radix.py), its own exact
-concentration curve (level 2 gathered while the tensor is in memory), Gini, Hoyer, relative norm
-and effective rank; the histograms add up to the global one. Pass 2 streams again, visiting only
-tensors with entries in the global curve's boundary buckets or at/above the top-k threshold's
-bucket: it counts those buckets' entries by their low bits (global level 2, which makes the global
-curve and threshold exact) and hands the top-k entries to a sink. When the threshold's bucket is
-too big to hold its candidates in memory (massive ties, e.g. many exact zeros), a third pass
-selects with the exact threshold instead. Memory stays O(largest tensor).
+A sampling pre-pass (predict.py) reads a small fraction of every tensor to guess where the global
+ranks will fall. Pass 1 then sweeps every tensor once (sweep.py): the exact level-1 histogram of
+its delta (radix.py) and, from the same sweep, the entries of a few flagged buckets -- those its
+own exact curve needs (Gini, Hoyer, relative norm and effective rank come from the histogram and
+norms), those the global curve and threshold are predicted to need, and every entry that may be
+in the global top k, which goes to the selection sink as a candidate. The per-tensor histograms
+add up to the global one, which places the global ranks exactly; when a prediction held (the
+usual case) everything is known after pass 1. Otherwise pass 2 streams again over the tensors
+with entries in the missing buckets (or selects, when the candidates would not fit in memory),
+and when the threshold's bucket is too big to hold its candidates (massive ties, e.g. many exact
+zeros) a third pass selects with the exact threshold. Memory stays O(largest tensor + k).
 """
 from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Iterator, Optional, Sequence, Union
 
@@ -25,11 +27,13 @@ from ..metrics import effective_rank, hoyer_from_norms
 from ..progress import progress_bar
 from .names import KINDS, kind_of, layer_of
 from .null import GINI_HALF_NORMAL, gaussian_null_curve, gaussian_null_gini, gaussian_null_hoyer
-from .radix import (LOW_MASK, Histogram, Level2Counts, RankIndex, abs_bits, bits_to_values, boundary_buckets,
-                    bucket_ids, gini_from_histogram, ranks_for, within_from_tensor)
+from .predict import SAMPLE_ENTRIES, Estimate, Sampler
+from .radix import (BUCKET_SHIFT, LOW_MASK, N_BUCKETS, Histogram, Level2Counts, Level2Store, RankIndex, Within,
+                    bits_to_values, boundary_buckets, gini_from_histogram, ranks_for, within_of)
 from .scratch import Scratch
 from .selection import SelectionSink, TopK
 from .sources import DeltaSource, Loaded
+from .sweep import SweepResult, sweep, sweep_kept
 
 GRID_PERCENT = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
 GRID = tuple(p / 100 for p in GRID_PERCENT)
@@ -111,58 +115,137 @@ class DeltaReport:
         return out
 
 
+MAX_DENSE_BUCKETS = 256  # level-2 count tables collected in pass 1 (256 KB each)
+TABLE_ENTRIES = (1 << BUCKET_SHIFT) * 8 // 4  # a bucket with more entries than this is kept as a table
+
+
+class _Candidates:
+    """Entries that may hold the k-th largest, gathered in pass 1: those in buckets [start, stop]
+    (predicted around rank k), or when selecting every entry from ``start`` up, which also goes
+    to the sink as a candidate. Their bit patterns are kept per tensor to split the ties at the
+    threshold. All is dropped (and left to pass 2) if they outgrow ``cap`` entries."""
+
+    def __init__(self, sink: Optional[SelectionSink], start: int, stop: int, cap: int) -> None:
+        self.sink, self.start, self.stop, self.cap = sink, start, stop, cap
+        self.bits: dict[str, np.ndarray] = {}  # name -> bit patterns of its candidates
+        self.total = 0
+        self.active = True
+
+    def covers(self, bucket: Optional[int]) -> bool:
+        return self.active and bucket is not None and self.start <= bucket <= self.stop
+
+    def offer(self, name: str, found: SweepResult, hi: np.ndarray, item: Loaded) -> None:
+        """found: one tensor's flagged entries; hi: their buckets."""
+        if not self.active:
+            return
+        keep = (hi >= self.start) & (hi <= self.stop)
+        self.total += int(np.count_nonzero(keep))
+        if self.total > self.cap:
+            self.abandon()
+            return
+        if keep.any():
+            self.bits[name] = found.bits[keep]
+            if self.sink is not None:
+                self.sink.candidates(name, torch.from_numpy(found.idx[keep]), found.bits[keep], item)
+
+    def abandon(self) -> None:
+        if self.active:
+            if self.sink is not None:
+                self.sink.discard()
+            self.bits.clear()
+            self.active = False
+
+    def lows_in(self, bucket: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """name -> (distinct low bits, counts) of its candidates in ``bucket``."""
+        return {name: _low_counts(bits[(bits >> BUCKET_SHIFT) == bucket]) for name, bits in self.bits.items()}
+
+    def within(self, bucket: int) -> Within:
+        """Global level 2 of a covered bucket."""
+        return within_of(np.concatenate(list(self.bits.values()) or [np.zeros(0, np.int32)]), [bucket])[bucket]
+
+
+@dataclass
+class _Plan:
+    """What pass 1 collects besides the histograms, from the sampled estimate."""
+
+    level2: Level2Store  # global level 2 of the buckets predicted to hold the curve's ranks and k
+    candidates: Optional[_Candidates]  # None: the selection happens in pass 2
+    flags: np.ndarray  # (N_BUCKETS,) bool: buckets whose entries every tensor's sweep returns
+
+
 class _Stream:
     """State of one analysis across its passes."""
 
-    def __init__(self, source: DeltaSource, grid: Sequence[float], device: torch.device, rank_max_dim: int) -> None:
+    def __init__(self, source: DeltaSource, grid: Sequence[float], device: torch.device, rank_max_dim: int,
+                 sample_entries: int) -> None:
         self.source, self.grid, self.device, self.rank_max_dim = source, list(grid), device, rank_max_dim
+        self.sample_entries = sample_entries
         self.hist = Histogram()
         self.stats: list[TensorStats] = []
         self.buckets: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> compressed level-1 counts
         self.rank_skipped = 0
         self.largest = max((source.numel(n) for n in source.names), default=0)
-        self.scratch = Scratch(device)  # temporaries of the per-tensor computation
-        self.load_scratch = (Scratch(device), Scratch(device))  # alternating input buffers (see stream)
+        self.scratch = Scratch(device)  # block buffers of the sweeps
+
+    def items(self, names: list[str]) -> Iterator[tuple[str, Loaded]]:
+        """(name, loaded) in order, hinting the next tensor's read ahead (a cold file is read by
+        the system meanwhile; a warm one is mapped, not copied)."""
+        for i, name in enumerate(names):
+            if i + 1 < len(names):
+                self.source.prefetch(names[i + 1])
+            yield name, self.source.load(name)
+
+    # --- pre-pass ---------------------------------------------------------------------------------
+    def predict(self) -> Optional[Estimate]:
+        """Sample every tensor: the estimate of the global histogram (None when sampling is off)."""
+        if self.sample_entries <= 0:
+            return None
+        sampler = Sampler(self.sample_entries)
+        for name, item in self.items(self.source.names):
+            sampler.add(item, self.source.numel(name))
+        return sampler.estimate()
 
     # --- pass 1 ----------------------------------------------------------------------------------
-    def stream(self, names: list[str]) -> Iterator[tuple[str, Loaded]]:
-        """(name, loaded) in order; the next tensor pair is read in a background thread while the
-        caller works on this one (file reads and numpy release the GIL). Two sets of load buffers
-        alternate, so an item stays valid until the caller asks for the one after next."""
-        if not names:
-            return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self.source.load, names[0], self.load_scratch[0])
-            for i, name in enumerate(names):
-                item = pending.result()
-                if i + 1 < len(names):
-                    pending = pool.submit(self.source.load, names[i + 1], self.load_scratch[(i + 1) % 2])
-                yield name, item
-
-    def pass1(self) -> None:
+    def pass1(self, plan: _Plan) -> None:
         with progress_bar("delta pass 1", total=len(self.source.names)) as advance:
-            for name, item in self.stream(self.source.names):
-                self.stats.append(self._tensor_stats(name, item))
+            for name, item in self.items(self.source.names):
+                self.stats.append(self._tensor_stats(name, item, plan))
                 advance()
 
-    def _tensor_stats(self, name: str, item: Loaded) -> TensorStats:
+    def _tensor_stats(self, name: str, item: Loaded, plan: _Plan) -> TensorStats:
+        """Two sweeps: the moments (exact histogram) while keeping the delta, then one lookup over
+        the kept delta for the entries of the buckets its own curve and maximum need -- known
+        exactly by then -- and of those pass 1 collects for the global figures."""
         shape, n = self.source.shapes[name], self.source.numel(name)
-        if item.delta is None:
-            hist, curve, n_changed, max_abs, erank = Histogram.of_zeros(n), (list(self.grid), list(self.grid)), 0, 0.0, None
+        if item.zero:  # untouched: all entries are exact zeros
+            moments, hist = SweepResult(), Histogram.of_zeros(n)
+            hits = sweep(item, n, plan.flags, False, self.scratch) if plan.flags[0] else SweepResult()
         else:
-            bits = abs_bits(item.delta, self.scratch)  # (n,) int32 patterns of |delta|
-            hist, hi = Histogram.of_bits(bits, self.scratch)
-            if hist.has_nonfinite():
-                self.source.raise_nonfinite(name, item)
-            top = hist.top_bucket()  # its level 2 gives the exact max |delta|
-            within = within_from_tensor(bits, hi, sorted(set(boundary_buckets(hist, ranks_for(n, self.grid))) | {top}))
+            kept = self.scratch.get("kept_delta", n, torch.float32)  # (n,) the delta, for the second sweep
+            moments = sweep(item, n, None, True, self.scratch, keep=kept, base_squares=item.base is not None)
+            hist = Histogram.from_moments(moments.counts, moments.low_sum, moments.low_sq)
+        if hist.has_nonfinite():
+            self.source.raise_nonfinite(name, item)
+        if not item.zero:
+            own = self._own_buckets(n, hist, moments)
+            hits = sweep_kept(kept, plan.flags | _flags_of(own), self.scratch)
+        hi = hits.bits >> BUCKET_SHIFT  # (h,) buckets of the returned entries
+        plan.level2.add(hits.bits, hi)
+        if plan.candidates is not None:
+            plan.candidates.offer(name, hits, hi, item)
+        if item.zero:
+            curve, n_changed, max_abs, erank = (list(self.grid), list(self.grid)), 0, 0.0, None
+        else:
+            level2 = Level2Counts(own)
+            level2.add(hits.bits, hi)
+            within = level2.within()
             curve = RankIndex(hist, within).shares(self.grid)
-            n_changed = int(np.count_nonzero(bits.cpu().numpy())) if hist.counts[0] else n
-            max_abs = float(within[top].values[0]) if n else 0.0
-            erank = self._effective_rank(item.delta, shape)
-        base_energy = None
-        if item.base is not None:
-            base_energy = float(torch.linalg.vector_norm(item.base, dtype=torch.float32)) ** 2
+            n_changed = n - _zeros(hist, moments, within)
+            max_abs = float(within[hist.top_bucket()].values[0]) if n else 0.0
+            erank = self._effective_rank(item, shape)
+        base_energy = moments.base_sq
+        if base_energy is None and item.base is not None:
+            base_energy = _squared_norm(item.base)
         self.hist.add(hist)
         self.buckets[name] = hist.compressed()
         l1, energy = hist.total1, hist.total2
@@ -174,19 +257,27 @@ class _Stream:
             effective_rank=erank, lora_rank=self.source.lora_rank(name), curve_l1=curve[0], curve_energy=curve[1],
         )
 
-    def _effective_rank(self, delta: torch.Tensor, shape: tuple[int, ...]) -> Optional[float]:
+    def _own_buckets(self, n: int, hist: Histogram, moments: SweepResult) -> list[int]:
+        """Buckets whose level 2 a tensor's own figures need: its curve's ranks, its maximum, and
+        bucket 0 when that holds denormals besides zeros (to count the zeros)."""
+        needed = set(boundary_buckets(hist, ranks_for(n, self.grid))) | {hist.top_bucket()}
+        if hist.counts[0] and moments.low_sum[0]:
+            needed.add(0)
+        return sorted(needed)
+
+    def _effective_rank(self, item: Loaded, shape: tuple[int, ...]) -> Optional[float]:
         if len(shape) != 2:
             return None
         if min(shape) > self.rank_max_dim:
             self.rank_skipped += 1
             return None
-        return effective_rank(delta.view(shape))
+        return effective_rank(item.delta.to(self.device).view(shape))  # type: ignore[union-attr]
 
     # --- pass 2 (and 3) ----------------------------------------------------------------------------
     def visit(self, name: str, buckets: set[int], above: Optional[int]) -> bool:
-        """Does tensor ``name`` have entries in ``buckets`` or in buckets above ``above``?"""
+        """Does tensor ``name`` have entries in ``buckets`` or in buckets at or above ``above``?"""
         present, _ = self.buckets[name]
-        if above is not None and len(present) and int(present[-1]) > above:
+        if above is not None and len(present) and int(present[-1]) >= above:
             return True
         return bool(np.isin(present, list(buckets)).any())
 
@@ -204,86 +295,167 @@ def analyse(
     device: Union[str, torch.device] = "cpu",
     rank_max_dim: Optional[int] = None,
     candidate_cap: Optional[int] = None,
+    sample_entries: int = SAMPLE_ENTRIES,
 ) -> DeltaReport:
     """Analyse every floating-point tensor of ``source``; select the global ``top`` entries and
     hand them to ``sink`` (a patch writer or a mask builder) when given.
 
-    rank_max_dim:  effective rank is computed for 2-D deltas up to this size on their short side
-                   (default 1024 on CPU, 8192 on CUDA), skipped with a note above it.
-    candidate_cap: most threshold-bucket candidates held in memory before falling back to a third
-                   pass (default: the largest tensor's entry count, keeping memory O(largest tensor)).
+    rank_max_dim:   effective rank is computed for 2-D deltas up to this size on their short side
+                    (default 1024 on CPU, 8192 on CUDA), skipped with a note above it.
+    candidate_cap:  most selection candidates held in memory (default: the largest tensor's entry
+                    count, keeping memory O(largest tensor)); beyond it the selection takes a
+                    second pass, or a third when the threshold's bucket alone exceeds it.
+    sample_entries: entries sampled per tensor to predict which buckets the passes need; 0 turns
+                    the prediction off (every global bucket is then fetched by pass 2). Results
+                    never depend on it.
     """
     dev = pick_device(device) if isinstance(device, str) else device
     if rank_max_dim is None:
         rank_max_dim = 8192 if dev.type == "cuda" else 1024
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    st = _Stream(source, grid, dev, rank_max_dim)
-    st.pass1()
-    timings["pass1_s"] = time.perf_counter() - t0
-
-    hist, n_total = st.hist, st.hist.n
+    st = _Stream(source, grid, dev, rank_max_dim, sample_entries)
+    estimate = st.predict()
+    n_total = sum(source.numel(n) for n in source.names)
     k = top.entries(n_total) if top is not None else None
     select_all = k is not None and k == n_total and k > 0
     partial = k is not None and 0 < k < n_total
-    b_star, _ = hist.locate(k) if partial else (None, 0)
-    curve_buckets = boundary_buckets(hist, ranks_for(n_total, grid)) if n_total else []
-    level2 = Level2Counts(sorted(set(curve_buckets) | ({b_star} if b_star is not None else set())))
     cap = candidate_cap if candidate_cap is not None else max(st.largest, 1 << 20)
-    two_pass = sink is not None and partial and int(hist.counts[b_star]) <= cap
-    # name -> (distinct low bits, counts) of its entries in the threshold's bucket: enough to place
-    # the threshold and split its ties, and bounded by 2^15 pairs per tensor however many there are
-    lows_at_bstar: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    plan = _plan(estimate, n_total, st.grid, k if partial else None, sink, cap)
+    timings["sample_s"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    want = set(level2.buckets)
-    todo = [n for n in source.names if st.visit(n, want, b_star if sink is not None and partial else None)
-            or (sink is not None and select_all)]
-    with progress_bar("delta pass 2", total=len(todo)) as advance:
-        for name, item in st.stream(todo):
-            if item.delta is None:  # an untouched tensor: all its entries are exact zeros
-                item = Loaded(st.scratch.get("delta", source.numel(name), torch.float32).zero_(), item.base, item.tuned)
-            bits = abs_bits(item.delta, st.scratch)  # (n,) int32
-            hi = bucket_ids(bits, st.scratch)  # (n,) int64
-            bits_np, hi_np = bits.cpu().numpy(), hi.cpu().numpy()
-            level2.add(bits_np, hi_np)
-            if select_all:
-                sink.definite(name, torch.arange(bits.numel()), item)  # type: ignore[union-attr]
-            elif b_star is not None:
-                at_or_above = np.flatnonzero(hi_np >= b_star)  # (m,) ascending, m ~ k entries
-                in_bucket = hi_np[at_or_above] == b_star
-                cand_idx = at_or_above[in_bucket]
-                lows = bits_np[cand_idx] & LOW_MASK
-                per_low = np.bincount(lows, minlength=LOW_MASK + 1)
-                present = np.flatnonzero(per_low)
-                lows_at_bstar[name] = (present, per_low[present])
-                if two_pass:
-                    sink.definite(name, torch.from_numpy(at_or_above[~in_bucket]), item)  # type: ignore[union-attr]
-                    sink.candidates(name, torch.from_numpy(cand_idx), lows, item)  # type: ignore[union-attr]
-            advance()
-    timings["pass2_s"] = time.perf_counter() - t1
+    st.pass1(plan)
+    timings["pass1_s"] = time.perf_counter() - t1
 
-    index = RankIndex(hist, level2.within())
-    selection = None
+    hist = st.hist
+    b_star, _ = hist.locate(k) if partial else (None, 0)
+    curve_buckets = boundary_buckets(hist, ranks_for(n_total, grid)) if n_total else []
+    cands = plan.candidates
+    early = cands is not None and cands.covers(b_star)  # pass 1 holds every entry the threshold needs
+    if cands is not None and not early:
+        cands.abandon()  # the threshold fell outside the predicted range
+    needed = set(curve_buckets) | ({b_star} if b_star is not None else set())
+    within = plan.level2.within(needed)
+    if early and b_star not in within:
+        within[b_star] = cands.within(b_star)  # type: ignore[union-attr,index]
+    missing = sorted(needed - set(within))
+    # name -> (distinct low bits, counts) of its entries in the threshold's bucket: enough to place
+    # the threshold and split its ties, and bounded by 2^15 pairs per tensor however many there are
+    lows_at_bstar = cands.lows_in(b_star) if early else {}  # type: ignore[union-attr,arg-type]
+    late = partial and not early  # pass 2 streams the threshold's bucket (and selects, with a sink)
+    two_pass = sink is not None and late and int(hist.counts[b_star]) <= cap
+    if missing or late or (select_all and sink is not None):
+        t2 = time.perf_counter()
+        within.update(_pass2(st, sink, missing, b_star if late else None, select_all, two_pass, lows_at_bstar))
+        timings["pass2_s"] = time.perf_counter() - t2
+
+    index = RankIndex(hist, within)
+    selection, pass3 = None, False
     if top is not None and k is not None:
         selection, selected, quotas, t_bits = _select(st, index, top, k, b_star, lows_at_bstar)
         for s in st.stats:
             s.selected = selected.get(s.name, 0)
         if sink is not None and partial:
-            if two_pass:
-                sink.resolve(t_bits & LOW_MASK, quotas)
+            if not late or two_pass:
+                sink.resolve(t_bits, quotas)
             else:
-                t2 = time.perf_counter()
+                t3 = time.perf_counter()
                 _pass3(st, sink, t_bits, quotas, selected)
-                timings["pass3_s"] = time.perf_counter() - t2
+                timings["pass3_s"] = time.perf_counter() - t3
+                pass3 = True
 
     total = _global_stats(st, index)
     timings["total_s"] = time.perf_counter() - t0
     return DeltaReport(
         base={"path": source.base_label}, tuned={"path": source.tuned_label}, grid=list(grid), tensors=st.stats,
         total=total, null_tensor=_tensor_null(grid), selection=selection, profile=_profiles(st.stats, k),
-        notes=_notes(st, two_pass, sink is not None and partial), timings=timings,
+        notes=_notes(st, pass3), timings=timings,
     )
+
+
+def _plan(estimate: Optional[Estimate], n_total: int, grid: Sequence[float], k: Optional[int],
+          sink: Optional[SelectionSink], cap: int) -> _Plan:
+    """What pass 1 collects, from the sampled estimate: level 2 of windows around the curve's ranks
+    and rank k, and the entries around rank k (from its window up when there is a sink, if their
+    estimated number fits under ``cap``)."""
+    if estimate is None or n_total == 0:
+        return _Plan(Level2Store([], []), None, np.zeros(N_BUCKETS, dtype=bool))
+    ranks = ranks_for(n_total, grid) + ([k] if k is not None else [])
+    windows = estimate.windows(ranks)
+    buckets = np.array(sorted({b for lo, hi in windows for b in range(lo, hi + 1)}), dtype=np.int64)
+    per_bucket = estimate.ge[buckets] - estimate.ge[buckets + 1]  # estimated entries in each
+    dense = buckets[per_bucket > TABLE_ENTRIES].tolist()
+    level2 = Level2Store(dense if len(dense) <= MAX_DENSE_BUCKETS else [], buckets[per_bucket <= TABLE_ENTRIES].tolist())
+    flags = _flags_of(level2.buckets)
+    candidates = None
+    if k is not None:
+        start, stop = windows[-1]
+        if sink is not None:
+            stop = N_BUCKETS - 1
+        if estimate.at_or_above(start) - estimate.ge[stop + 1] <= cap:  # estimated entries in [start, stop]
+            candidates = _Candidates(sink, start, stop, cap)
+            flags[start:stop + 1] = True
+    return _Plan(level2, candidates, flags)
+
+
+def _pass2(st: _Stream, sink: Optional[SelectionSink], missing: list[int], b_star: Optional[int], select_all: bool,
+           two_pass: bool, lows_at_bstar: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[int, Within]:
+    """Stream the tensors with entries in ``missing`` buckets (their level 2 is returned) and, when
+    ``b_star`` is given, those with entries at or above it: their low bits in b_star's bucket go
+    into ``lows_at_bstar``, and with ``two_pass`` the entries above that bucket go to the sink as
+    definite, its own entries as candidates. ``select_all`` hands every entry to the sink."""
+    select_all = select_all and sink is not None
+    level2 = Level2Counts(missing)
+    flags = level2.wanted.copy()
+    if b_star is not None:
+        flags[b_star:] = True
+    todo = [n for n in st.source.names if select_all or st.visit(n, set(missing), b_star)]
+    with progress_bar("delta pass 2", total=len(todo)) as advance:
+        for name, item in st.items(todo):
+            n = st.source.numel(name)
+            if select_all:
+                sink.definite(name, torch.arange(n), item)  # type: ignore[union-attr]
+            found = sweep(item, n, flags, False, st.scratch)
+            hi = found.bits >> BUCKET_SHIFT
+            level2.add(found.bits, hi)
+            if b_star is not None:
+                above, at = hi > b_star, hi == b_star
+                lows_at_bstar[name] = _low_counts(found.bits[at])
+                if two_pass:
+                    sink.definite(name, torch.from_numpy(found.idx[above]), item)  # type: ignore[union-attr]
+                    sink.candidates(name, torch.from_numpy(found.idx[at]), found.bits[at], item)  # type: ignore[union-attr]
+            advance()
+    return level2.within()
+
+
+def _squared_norm(t: torch.Tensor) -> float:
+    """sum t^2 (for bases the sweep could not square as it went)."""
+    return float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
+
+
+def _flags_of(buckets: Sequence[int]) -> np.ndarray:
+    flags = np.zeros(N_BUCKETS, dtype=bool)
+    flags[list(buckets)] = True
+    return flags
+
+
+def _low_counts(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct low 15 bits, their counts) of ``bits``."""
+    per_low = np.bincount(bits & LOW_MASK, minlength=LOW_MASK + 1)
+    present = np.flatnonzero(per_low)
+    return present, per_low[present]
+
+
+def _zeros(hist: Histogram, found: SweepResult, within: dict[int, Within]) -> int:
+    """Entries exactly zero: all of bucket 0 when its low bits sum to 0 (no denormals), else
+    counted from its level 2."""
+    if not hist.counts[0]:
+        return 0
+    if not found.low_sum[0]:
+        return int(hist.counts[0])
+    w = within[0]
+    return int(w.counts[w.bits == 0].sum())
 
 
 def _select(st: _Stream, index: RankIndex, top: TopK, k: int, b_star: Optional[int],
@@ -318,14 +490,14 @@ def _pass3(st: _Stream, sink: SelectionSink, t_bits: int, quotas: dict[str, int]
     """Select with the exact threshold known (used when the threshold's bucket held too many
     candidates to keep in memory)."""
     todo = [n for n in st.source.names if selected.get(n, 0) > 0]
+    flags = np.zeros(N_BUCKETS, dtype=bool)
+    flags[t_bits >> BUCKET_SHIFT:] = True
     with progress_bar("delta pass 3", total=len(todo)) as advance:
-        for name, item in st.stream(todo):
-            n = st.source.numel(name)
-            bits = abs_bits(item.delta, st.scratch) if item.delta is not None else torch.zeros(n, dtype=torch.int32, device=st.device)
-            above = bits > t_bits
-            ties = torch.nonzero(bits == t_bits).view(-1)[: quotas.get(name, 0)]
-            above[ties] = True
-            sink.definite(name, torch.nonzero(above).view(-1).cpu(), item)
+        for name, item in st.items(todo):
+            found = sweep(item, st.source.numel(name), flags, False, st.scratch)
+            take = found.bits > t_bits
+            take[np.flatnonzero(found.bits == t_bits)[: quotas.get(name, 0)]] = True  # ties in flat-index order
+            sink.definite(name, torch.from_numpy(found.idx[take]), item)
             advance()
 
 
@@ -390,7 +562,7 @@ def _profiles(stats: list[TensorStats], k: Optional[int]) -> dict[str, list[dict
     return {"layer": group("layer"), "kind": group("kind")}
 
 
-def _notes(st: _Stream, two_pass: bool, selecting: bool) -> list[str]:
+def _notes(st: _Stream, pass3: bool) -> list[str]:
     notes = [
         "null: a dense Gaussian delta with each tensor's own mean squared delta, curves computed analytically "
         "(large-n limit); 'concentrated' means above this curve.",
@@ -405,7 +577,7 @@ def _notes(st: _Stream, two_pass: bool, selecting: bool) -> list[str]:
     if st.rank_skipped:
         notes.append(f"effective rank skipped for {st.rank_skipped} matrices longer than {st.rank_max_dim} on their short "
                      "side (raise --rank-max-dim, or use a GPU).")
-    if selecting and not two_pass:
+    if pass3:
         notes.append("the top-k threshold fell in a bucket with too many equal-magnitude entries to hold; a third pass "
                      "selected them.")
     return notes

@@ -59,8 +59,8 @@ def from_raw(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 
 class PatchSink(SelectionSink):
-    """Collects the selection into a spool beside the output (definite entries on disk, the
-    threshold bucket's candidates in memory), then writes the patch atomically."""
+    """Collects the selection into a spool beside the output (definite entries on disk, candidates
+    in memory with the tuned values they would carry), then writes the patch atomically."""
 
     def __init__(self, out: Path, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, torch.dtype], order: list[str]) -> None:
         self.out = Path(out)
@@ -70,7 +70,7 @@ class PatchSink(SelectionSink):
         self._idx = open(self._spool / "indices.bin", "wb")
         self._val = open(self._spool / "values.bin", "wb")
         self._segments: dict[str, list[tuple[int, int, int]]] = {}  # name -> [(idx byte offset, value byte offset, count)]
-        self._candidates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # name -> (idx, lows, raw values)
+        self._candidates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # name -> (idx, bits, raw values)
         self._chosen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
@@ -88,16 +88,19 @@ class PatchSink(SelectionSink):
         idx_np.tofile(self._idx)
         self._values(item, idx_np).tofile(self._val)
 
-    def candidates(self, name: str, idx: torch.Tensor, lows: np.ndarray, item: Loaded) -> None:
+    def candidates(self, name: str, idx: torch.Tensor, bits: np.ndarray, item: Loaded) -> None:
         if idx.numel():
             idx_np = idx.numpy().astype(np.int64, copy=False)
-            self._candidates[name] = (idx_np, lows, self._values(item, idx_np))
+            self._candidates[name] = (idx_np, bits, self._values(item, idx_np))
 
-    def resolve(self, t_lo: int, quotas: dict[str, int]) -> None:
-        for name, (idx, lows, values) in self._candidates.items():
-            keep = choose_candidates(lows, t_lo, quotas.get(name, 0))
+    def resolve(self, t_bits: int, quotas: dict[str, int]) -> None:
+        for name, (idx, bits, values) in self._candidates.items():
+            keep = choose_candidates(bits, t_bits, quotas.get(name, 0))
             if keep.any():
                 self._chosen[name] = (idx[keep], values[keep])
+        self._candidates.clear()
+
+    def discard(self) -> None:
         self._candidates.clear()
 
     def _entries(self, name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -2,13 +2,13 @@
 
 For x >= 0 the int32 bit pattern of a float32 is monotone in x, so ranking |delta| is ranking 31-bit
 integers. Level 1 buckets them by the top 16 bits (8 exponent + 8 mantissa bits: each bucket spans
-a factor of at most 1 + 2^-8) and keeps per bucket the count, sum |d| and sum d^2 in float64 (the
-|d| of one bucket share an exponent, so their float64 sum is exact up to 2^28 entries; d^2 sums
-carry float64 rounding, ~1e-16 per entry). A rank query -- "sum of
-the r largest entries", "the r-th largest value" -- then needs only the entries of the one bucket
-the rank falls in: level 2, their remaining 15 bits, i.e. their exact values. For one tensor in
-memory level 2 is gathered directly; for all tensors it is a second streaming pass that counts
-the entries of the few boundary buckets by their low bits.
+a factor of at most 1 + 2^-8) and keeps per bucket the count, sum |d| and sum d^2 in float64. The
+sums come from exact integer moments (``Histogram.from_moments``): inside bucket b every value is
+v_b + u_b * L, with v_b the bucket's smallest value, u_b its step and L the low 15 bits, so the
+count, sum L and sum L^2 (integers, summed exactly) give sum |d| and sum d^2 with one or two
+float64 roundings per bucket. A rank query -- "sum of the r largest entries", "the r-th largest
+value" -- then needs only the entries of the one bucket the rank falls in: level 2, their
+remaining 15 bits, i.e. their exact values, kept as counts per low-bit value.
 
 Float32 bit patterns with exponent 255 (NaN/Inf) land in buckets >= NONFINITE_BUCKET, so the
 level-1 histogram doubles as a free NaN/Inf check.
@@ -20,40 +20,24 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
-import torch
-
-from .scratch import Scratch
 
 BUCKET_SHIFT = 15
 N_BUCKETS = 1 << 16
 LOW_MASK = (1 << BUCKET_SHIFT) - 1
+ABS_MASK = 0x7FFFFFFF  # clears the sign bit
 NONFINITE_BUCKET = 0x7F800000 >> BUCKET_SHIFT
-
-
-def abs_bits(x: torch.Tensor, scratch: Optional[Scratch] = None) -> torch.Tensor:
-    """int32 bit patterns of |x| for a flat float32 tensor (the sign bit cleared).
-
-    On CPU the bit operations of the hot loop run in numpy, single-threaded: as fast as torch's
-    kernels here, and free of the thread hand-off cost torch pays on a busy machine."""
-    out = scratch.get("bits", x.numel(), torch.int32, x.device) if scratch is not None else torch.empty_like(x, dtype=torch.int32)
-    if x.device.type == "cpu":
-        np.bitwise_and(x.numpy().view(np.int32), 0x7FFFFFFF, out=out.numpy())
-        return out
-    return torch.bitwise_and(x.view(torch.int32), 0x7FFFFFFF, out=out)
-
-
-def bucket_ids(bits: torch.Tensor, scratch: Optional[Scratch] = None) -> torch.Tensor:
-    """int64 level-1 bucket of each bit pattern (int64 so numpy indexes with it without a copy)."""
-    out = scratch.get("hi", bits.numel(), torch.int64, bits.device) if scratch is not None else torch.empty_like(bits, dtype=torch.int64)
-    if bits.device.type == "cpu":
-        np.right_shift(bits.numpy(), BUCKET_SHIFT, out=out.numpy())
-        return out
-    return torch.bitwise_right_shift(bits, BUCKET_SHIFT, out=out)
 
 
 def bits_to_values(bits: np.ndarray) -> np.ndarray:
     """float64 values of non-negative float32 bit patterns."""
     return np.asarray(bits, dtype=np.int64).astype(np.int32).view(np.float32).astype(np.float64)
+
+
+# v_b and u_b of every finite bucket: |d| = v_b + u_b * L inside bucket b (exact in float64; the
+# step is one unit in the last place of the bucket's exponent, 2^-149 for denormals)
+_FINITE = np.arange(NONFINITE_BUCKET, dtype=np.int64) << BUCKET_SHIFT
+BUCKET_FLOOR = bits_to_values(_FINITE)
+BUCKET_STEP = bits_to_values(_FINITE | 1) - BUCKET_FLOOR
 
 
 @dataclass
@@ -65,24 +49,19 @@ class Histogram:
     sum2: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, np.float64))
 
     @classmethod
-    def of_bits(cls, bits: torch.Tensor, scratch: Optional[Scratch] = None) -> tuple["Histogram", torch.Tensor]:
-        """Histogram of one tensor's |d| bit patterns (flat int32); returns it with the bucket ids."""
-        hi = bucket_ids(bits, scratch)  # (n,) int64
-        n = bits.numel()
-        weights = scratch.get("weights", n, torch.float64, bits.device) if scratch is not None else torch.empty(n, dtype=torch.float64, device=bits.device)
-        if bits.device.type == "cpu":
-            hi_np, w = hi.numpy(), weights.numpy()
-            np.copyto(w, bits.numpy().view(np.float32))  # |d| exactly, in float64
-            counts = np.bincount(hi_np, minlength=N_BUCKETS)
-            sum1 = np.bincount(hi_np, weights=w, minlength=N_BUCKETS)
-            np.multiply(w, w, out=w)  # d^2, exact in float64
-            sum2 = np.bincount(hi_np, weights=w, minlength=N_BUCKETS)
-        else:
-            weights.copy_(bits.view(torch.float32))
-            counts = torch.bincount(hi, minlength=N_BUCKETS).cpu().numpy()
-            sum1 = torch.bincount(hi, weights=weights, minlength=N_BUCKETS).cpu().numpy()
-            sum2 = torch.bincount(hi, weights=weights.mul_(weights), minlength=N_BUCKETS).cpu().numpy()
-        return cls(counts.astype(np.int64), sum1, sum2), hi
+    def from_moments(cls, counts: np.ndarray, low_sum: np.ndarray, low_sq: np.ndarray) -> "Histogram":
+        """Level 1 from per-bucket integer moments (N_BUCKETS each, int64): entry count, sum of L and
+        sum of L^2, L the low 15 bits. Products of the small integers with v_b and u_b are exact in
+        float64 (v_b has 9 significant bits, u_b is a power of two), so sum |d| is rounded once per
+        bucket and sum d^2 twice. Non-finite buckets keep their counts and zero sums."""
+        h = cls(counts=counts.astype(np.int64))
+        at = h.occupied()
+        at = slice(at.start, min(at.stop, NONFINITE_BUCKET))
+        c, s1, s2 = counts[at].astype(np.float64), low_sum[at].astype(np.float64), low_sq[at].astype(np.float64)
+        v, u = BUCKET_FLOOR[at], BUCKET_STEP[at]
+        h.sum1[at] = c * v + u * s1
+        h.sum2[at] = c * v * v + 2 * v * u * s1 + u * u * s2  # (v + uL)^2 summed
+        return h
 
     @classmethod
     def of_zeros(cls, n: int) -> "Histogram":
@@ -92,6 +71,7 @@ class Histogram:
 
     def add(self, other: "Histogram") -> None:
         self.__dict__.pop("_ge", None)  # invalidate the cumulative counts
+        self.__dict__.pop("_occupied", None)
         self.counts += other.counts
         self.sum1 += other.sum1
         self.sum2 += other.sum2
@@ -112,27 +92,36 @@ class Histogram:
         return bool(self.counts[NONFINITE_BUCKET:].any())
 
     def top_bucket(self) -> int:
-        nz = np.flatnonzero(self.counts)
-        return int(nz[-1]) if len(nz) else 0
+        return max(self.occupied().stop - 1, 0)
 
     def _at_or_above(self) -> np.ndarray:
-        """(N_BUCKETS + 1,): entries in buckets >= b, with a trailing 0 for b = N_BUCKETS."""
+        """(N_BUCKETS + 1,): minus the entries in buckets >= b, with a trailing 0 for b = N_BUCKETS
+        (negated: ascending, as searchsorted wants)."""
         cached = getattr(self, "_ge", None)
         if cached is None:
-            cached = np.concatenate([np.cumsum(self.counts[::-1])[::-1], [0]])
+            cached = -np.concatenate([np.cumsum(self.counts[::-1])[::-1], [0]])
             self._ge = cached
         return cached
 
     def locate(self, rank: int) -> tuple[int, int]:
         """Bucket b holding the rank-th largest entry (1 <= rank <= n) and how many of b's entries
         the top ``rank`` take (1..counts[b])."""
-        ge = self._at_or_above()
+        neg_ge = self._at_or_above()
         # ge is non-increasing; b is the largest bucket with ge[b] >= rank
-        b = int(np.searchsorted(-ge[:N_BUCKETS], -rank, side="right")) - 1
-        return b, rank - int(ge[b + 1])
+        b = int(np.searchsorted(neg_ge[:N_BUCKETS], -rank, side="right")) - 1
+        return b, rank + int(neg_ge[b + 1])
+
+    def occupied(self) -> slice:
+        """The buckets from the first to the last non-empty one (sums outside are zero)."""
+        cached = getattr(self, "_occupied", None)
+        if cached is None:
+            nz = np.flatnonzero(self.counts)
+            cached = self._occupied = slice(int(nz[0]), int(nz[-1]) + 1) if len(nz) else slice(0, 0)
+        return cached
 
     def sums_above(self, bucket: int) -> tuple[float, float]:
-        return float(self.sum1[bucket + 1:].sum()), float(self.sum2[bucket + 1:].sum())
+        stop = self.occupied().stop
+        return float(self.sum1[bucket + 1:stop].sum()), float(self.sum2[bucket + 1:stop].sum())
 
     def compressed(self) -> tuple[np.ndarray, np.ndarray]:
         """(buckets, counts) of the non-empty buckets: a small per-tensor summary."""
@@ -148,14 +137,6 @@ class Within:
         self.bits = bits_desc.astype(np.int64)
         self.counts = counts.astype(np.int64)
         self.cum = np.cumsum(self.counts)
-        self.cum1 = np.cumsum(self.values * self.counts)
-        self.cum2 = np.cumsum(self.values * self.values * self.counts)
-
-    @classmethod
-    def of_bits(cls, bits: np.ndarray) -> "Within":
-        uniq, counts = np.unique(np.asarray(bits, dtype=np.int64), return_counts=True)
-        uniq, counts = uniq[::-1], counts[::-1]
-        return cls(bits_to_values(uniq), counts, uniq)
 
     def _split(self, need: int) -> tuple[int, int]:
         """Index j of the value holding the need-th largest entry, and how many are taken before j."""
@@ -165,8 +146,9 @@ class Within:
     def top(self, need: int) -> tuple[float, float]:
         """Sums of |d| and d^2 over the ``need`` largest entries of the bucket."""
         j, before = self._split(need)
-        s1 = (self.cum1[j - 1] if j else 0.0) + (need - before) * self.values[j]
-        s2 = (self.cum2[j - 1] if j else 0.0) + (need - before) * self.values[j] ** 2
+        weighted = self.values[:j] * self.counts[:j]  # sums of the values above j, taken on demand (a few per bucket)
+        s1 = weighted.sum() + (need - before) * self.values[j]
+        s2 = np.dot(weighted, self.values[:j]) + (need - before) * self.values[j] ** 2
         return float(s1), float(s2)
 
     def kth(self, need: int) -> tuple[int, int]:
@@ -237,20 +219,29 @@ def boundary_buckets(hist: Histogram, ranks: Iterable[int]) -> list[int]:
     return sorted({hist.locate(r)[0] for r in ranks})
 
 
-def within_from_tensor(bits: torch.Tensor, hi: torch.Tensor, buckets: Sequence[int]) -> dict[int, Within]:
-    """Level 2 of ``buckets`` for one tensor in memory: the exact values of their entries."""
+def within_of(bits: np.ndarray, buckets: Sequence[int]) -> dict[int, Within]:
+    """Level 2 of ``buckets`` from bit patterns that include every entry of those buckets (other
+    entries are ignored): by counting per low-bit value, or by sorting when the entries are far
+    fewer than the 2^15 counters per bucket."""
     if not buckets:
         return {}
-    lut = np.zeros(N_BUCKETS, dtype=bool)
-    lut[list(buckets)] = True
-    hi_np, bits_np = hi.cpu().numpy(), bits.cpu().numpy()
-    picked = bits_np[lut[hi_np]]  # bits of the entries in boundary buckets (a small subset)
-    groups = picked >> BUCKET_SHIFT
-    return {b: Within.of_bits(picked[groups == b]) for b in buckets}
+    if len(bits) * 32 >= len(buckets) << BUCKET_SHIFT:
+        level2 = Level2Counts(buckets)
+        level2.add(bits)
+        return level2.within()
+    ours = bits[np.isin(bits >> BUCKET_SHIFT, buckets)]
+    uniq, counts = np.unique(ours.astype(np.int64), return_counts=True)  # ascending
+    owner = uniq >> BUCKET_SHIFT
+    out = {}
+    for b in buckets:
+        at = np.flatnonzero(owner == b)[::-1]  # descending values
+        out[b] = Within(bits_to_values(uniq[at]), counts[at], uniq[at])
+    return out
 
 
 class Level2Counts:
-    """Level 2 of a few buckets over a stream: counts per (bucket, low 15 bits)."""
+    """Level 2 of a few buckets over a stream: counts per (bucket, low 15 bits), fed with the bit
+    patterns of any set of entries that includes all of those buckets' entries."""
 
     def __init__(self, buckets: Sequence[int]) -> None:
         self.buckets = list(buckets)
@@ -259,19 +250,56 @@ class Level2Counts:
         self.wanted = self.slot >= 0
         self.counts = np.zeros(len(self.buckets) << BUCKET_SHIFT, dtype=np.int64)
 
-    def add(self, bits: np.ndarray, hi: np.ndarray) -> None:
-        keep = np.flatnonzero(self.wanted[hi])  # entries in a wanted bucket: a small subset
+    def add(self, bits: np.ndarray, hi: Optional[np.ndarray] = None) -> None:
+        """Count the entries of wanted buckets among ``bits`` (int32 patterns of |d|; ``hi`` their
+        buckets, when already known)."""
+        if not self.buckets or not len(bits):
+            return
+        hi = bits >> BUCKET_SHIFT if hi is None else hi
+        keep = np.flatnonzero(self.wanted[hi])  # entries in a wanted bucket
         if len(keep):
-            keys = (self.slot[hi[keep]] << BUCKET_SHIFT) | (bits[keep].astype(np.int64) & LOW_MASK)
-            self.counts += np.bincount(keys, minlength=len(self.counts))
+            keys = (self.slot[hi[keep]] << BUCKET_SHIFT) | (bits[keep] & LOW_MASK)
+            np.add.at(self.counts, keys, 1)  # touches only the counters hit (a bincount would sweep them all)
 
     def within(self) -> dict[int, Within]:
+        flat = np.flatnonzero(self.counts != 0)  # by slot, then ascending low bits (a bool scan is the fast one)
+        rows = flat >> BUCKET_SHIFT
+        bits = (np.asarray(self.buckets, dtype=np.int64)[rows] << BUCKET_SHIFT) | (flat & LOW_MASK)
+        values, counts = bits_to_values(bits), self.counts[flat]
+        edges = np.searchsorted(rows, np.arange(len(self.buckets) + 1))
         out = {}
-        per = self.counts.reshape(len(self.buckets), 1 << BUCKET_SHIFT)
         for i, b in enumerate(self.buckets):
-            lows = np.flatnonzero(per[i])[::-1]
-            bits = (np.int64(b) << BUCKET_SHIFT) | lows
-            out[b] = Within(bits_to_values(bits), per[i][lows], bits)
+            at = slice(edges[i + 1] - 1, edges[i] - 1 if edges[i] else None, -1)  # descending values
+            out[b] = Within(values[at], counts[at], bits[at])
+        return out
+
+
+class Level2Store:
+    """Level 2 of chosen buckets over a stream, each kept in the smaller form: a dense bucket as
+    counts per low-bit value (Level2Counts, 256 KB), a sparse one as its entries' bit patterns
+    (4 bytes each)."""
+
+    def __init__(self, dense: Sequence[int], sparse: Sequence[int]) -> None:
+        self.table = Level2Counts(dense)
+        self.sparse = np.zeros(N_BUCKETS, dtype=bool)
+        self.sparse[list(sparse)] = True
+        self.kept: list[np.ndarray] = []
+        self.buckets = sorted(set(dense) | set(sparse))
+
+    def add(self, bits: np.ndarray, hi: np.ndarray) -> None:
+        """bits: (h,) int32 patterns of any entries that include all of the chosen buckets'; hi: their buckets."""
+        self.table.add(bits, hi)
+        if len(bits) and self.sparse.any():
+            self.kept.append(bits[self.sparse[hi]])
+
+    def within(self, buckets: Iterable[int]) -> dict[int, Within]:
+        """Level 2 of those of ``buckets`` that are kept here."""
+        wanted = [b for b in buckets if b in set(self.buckets)]
+        out = {b: w for b, w in self.table.within().items() if b in wanted}
+        sparse = [b for b in wanted if self.sparse[b]]
+        if sparse:
+            kept = np.concatenate(self.kept or [np.zeros(0, np.int32)])
+            out.update(within_of(kept[np.isin(kept >> BUCKET_SHIFT, sparse)], sparse))
         return out
 
 
@@ -282,7 +310,8 @@ def gini_from_histogram(hist: Histogram) -> float:
     n, total = hist.n, hist.total1
     if n <= 1 or total <= 0:
         return 0.0
-    counts, sums = hist.counts.astype(np.float64), hist.sum1
+    at = hist.occupied()
+    counts, sums = hist.counts[at].astype(np.float64), hist.sum1[at]
     start = np.cumsum(counts) - counts  # entries in lower buckets (ascending ranks before this bucket)
     # sum over the bucket of (2i - n - 1) * mean, ranks i = start+1 .. start+c  ->  S_b (2 start - n + c)
     return float(np.sum(sums * (2 * start - n + counts)) / (n * total))

@@ -3,8 +3,9 @@
 The streaming analysis finds the exact threshold; entries strictly above it are always selected,
 and among the entries equal to it the first ones in (tensor order, flat index) order fill the
 count -- so the selection is deterministic and holds exactly k entries. A sink receives the
-selection tensor by tensor: ``MaskSink`` builds boolean masks in memory; ``PatchSink``
-(patch.py) writes a sparse patch file.
+selection tensor by tensor, as entries certainly selected and as candidates (with their |delta|
+bit patterns) that the threshold decides on once known: ``MaskSink`` builds boolean masks in
+memory; ``PatchSink`` (patch.py) writes a sparse patch file.
 """
 from __future__ import annotations
 
@@ -66,11 +67,11 @@ def parse_top(text: str) -> TopK:
     raise ConfigError(f"--top {text!r} is not a size: use a percent (1%), a fraction (0.01) or a count of entries (1000).")
 
 
-def choose_candidates(lows: np.ndarray, t_lo: int, quota: int) -> np.ndarray:
-    """Which boundary-bucket candidates (given in flat-index order) are selected: every one above
-    the threshold's low bits, and the first ``quota`` equal to it. Returns a bool mask."""
-    tie = lows == t_lo
-    return (lows > t_lo) | (tie & (np.cumsum(tie) <= quota))
+def choose_candidates(bits: np.ndarray, t_bits: int, quota: int) -> np.ndarray:
+    """Which candidates (|delta| bit patterns, in flat-index order) are selected: every one above
+    the threshold's pattern, and the first ``quota`` equal to it. Returns a bool mask."""
+    tie = bits == t_bits
+    return (bits > t_bits) | (tie & (np.cumsum(tie) <= quota))
 
 
 class SelectionSink:
@@ -80,12 +81,17 @@ class SelectionSink:
         """Entries certainly selected (flat indices, ascending)."""
         raise NotImplementedError
 
-    def candidates(self, name: str, idx: torch.Tensor, lows: np.ndarray, item: Loaded) -> None:
-        """Entries of the threshold's bucket; which of them are selected is known only at the end."""
+    def candidates(self, name: str, idx: torch.Tensor, bits: np.ndarray, item: Loaded) -> None:
+        """Entries that may be selected (flat indices ascending, int32 |delta| bit patterns); which
+        are is known only at the end. At most one call per tensor."""
         raise NotImplementedError
 
-    def resolve(self, t_lo: int, quotas: dict[str, int]) -> None:
-        """Threshold known: keep candidates above ``t_lo`` and the first ``quotas[name]`` ties."""
+    def resolve(self, t_bits: int, quotas: dict[str, int]) -> None:
+        """Threshold known: keep candidates above ``t_bits`` and the first ``quotas[name]`` equal to it."""
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        """Forget every candidate (the threshold fell outside their range; a later pass selects)."""
         raise NotImplementedError
 
 
@@ -100,13 +106,16 @@ class MaskSink(SelectionSink):
     def definite(self, name: str, idx: torch.Tensor, item: Loaded) -> None:
         self.flat[name][idx.cpu()] = True
 
-    def candidates(self, name: str, idx: torch.Tensor, lows: np.ndarray, item: Loaded) -> None:
-        self._pending.append((name, idx.cpu(), lows))
+    def candidates(self, name: str, idx: torch.Tensor, bits: np.ndarray, item: Loaded) -> None:
+        self._pending.append((name, idx.cpu(), bits))
 
-    def resolve(self, t_lo: int, quotas: dict[str, int]) -> None:
-        for name, idx, lows in self._pending:
-            keep = torch.from_numpy(choose_candidates(lows, t_lo, quotas.get(name, 0)))
+    def resolve(self, t_bits: int, quotas: dict[str, int]) -> None:
+        for name, idx, bits in self._pending:
+            keep = torch.from_numpy(choose_candidates(bits, t_bits, quotas.get(name, 0)))
             self.flat[name][idx[keep]] = True
+        self._pending.clear()
+
+    def discard(self) -> None:
         self._pending.clear()
 
     def masks(self) -> dict[str, torch.Tensor]:

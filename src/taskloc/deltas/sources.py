@@ -3,8 +3,9 @@
 ``pair_source(base, tuned)`` checks, from headers only, that the two checkpoints hold the same
 tensors with the same shapes and dtypes (or, for a LoRA adapter, that every module it changes
 exists in the base with the right shape), before any data is read. ``DictSource`` wraps deltas
-already in memory. Every source yields ``Loaded`` items: the flat float32 delta plus the base and
-tuned tensors it came from (for relative norms, NaN blame and patch values).
+already in memory. Every source yields ``Loaded`` items: the base and tuned tensors as stored
+(mapped from their files where possible, so nothing is copied up front) from which the float32
+delta is computed block by block, or the delta itself for in-memory sources.
 """
 from __future__ import annotations
 
@@ -17,14 +18,100 @@ import torch
 from ..errors import CheckpointError
 from ..io.checkpoint import Checkpoint, first_names
 from ..io.lora import LoraAdapter
-from .scratch import Scratch
+
+
+# float dtypes whose deltas are computed in numpy (no threads: on a busy machine torch's threaded
+# elementwise kernels can stall for milliseconds per call); bf16 travels as its int16 bit pattern
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
+
+
+def _numpy_view(t: torch.Tensor) -> np.ndarray:
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _widen(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """float32 values of a numpy block (float32 as is; bf16 bit patterns shifted into the high half
+    of a float32, which is exact; fp16 converted exactly), into ``out`` unless already float32."""
+    if x.dtype == np.float32:
+        return x
+    if x.dtype == np.int16:  # bf16
+        np.left_shift(x, 16, out=out.view(np.int32), dtype=np.int32)
+        return out
+    np.copyto(out, x)
+    return out
 
 
 @dataclass
 class Loaded:
-    delta: Optional[torch.Tensor]  # (n,) float32 on the compute device; None when identically zero
-    base: Optional[torch.Tensor]  # (n,) as stored, CPU; None when the source has no base
-    tuned: Optional[torch.Tensor]  # (n,) as stored, CPU; None when equal to the base
+    """One tensor pair. Tensors are flat CPU tensors for reading only (they may map a file)."""
+
+    base: Optional[torch.Tensor]  # (n,) as stored; None when the source has no base
+    tuned: Optional[torch.Tensor]  # (n,) as stored; None when equal to the base
+    given: Optional[torch.Tensor] = None  # (n,) the delta itself, for sources that hold deltas
+
+    def __post_init__(self) -> None:
+        self._np = None  # numpy views (tuned, base) of float32/fp16/bf16 pairs
+        if self.given is None and self.tuned is not None and self.base is not None and self.tuned.dtype in _NUMPY_DTYPES:
+            self._np = (_numpy_view(self.tuned), _numpy_view(self.base))
+        self._tmp = np.zeros(0, np.float32)
+
+    @property
+    def zero(self) -> bool:
+        """Identically zero (an untouched tensor)."""
+        return self.given is None and self.tuned is None
+
+    @property
+    def numel(self) -> int:
+        held = self.given if self.given is not None else self.base
+        return 0 if held is None else held.numel()
+
+    def _block_tmp(self, m: int) -> np.ndarray:
+        if len(self._tmp) < m:
+            self._tmp = np.empty(m, np.float32)
+        return self._tmp[:m]
+
+    def delta_into(self, start: int, stop: int, out: torch.Tensor) -> torch.Tensor:
+        """Write the float32 delta of entries [start, stop) into ``out`` (stop - start entries, any
+        device). bf16/fp16 inputs are widened first, so the difference of their values is exact (a
+        subtraction in bf16 would round it)."""
+        if self.given is not None:
+            return out.copy_(self.given[start:stop])
+        if self.tuned is None:
+            return out.zero_()
+        if self._np is not None and out.device.type == "cpu":
+            tuned, base = self._np
+            o = out.numpy()
+            np.subtract(_widen(tuned[start:stop], o), _widen(base[start:stop], self._block_tmp(stop - start)), out=o)
+            return out
+        out.copy_(self.tuned[start:stop])
+        return out.sub_(self.base[start:stop].to(out.device))  # type: ignore[union-attr]
+
+    def base_squares(self, start: int, stop: int) -> Optional[float]:
+        """sum base^2 over [start, stop) from float32 products (None when not a numpy pair)."""
+        if self._np is None:
+            return None
+        b = _widen(self._np[1][start:stop], self._block_tmp(stop - start))
+        return float(np.dot(b, b))
+
+    @property
+    def delta(self) -> Optional[torch.Tensor]:
+        """The whole float32 delta (a new CPU tensor), None when identically zero. For small
+        tensors and checks; the streaming passes use ``delta_into`` on blocks instead."""
+        if self.zero:
+            return None
+        return self.delta_into(0, self.numel, torch.empty(self.numel, dtype=torch.float32))
+
+    def sample(self, stride: int) -> np.ndarray:
+        """float32 delta of every ``stride``-th entry (from entry 0)."""
+        if self.zero:
+            return np.zeros(-(-self.numel // stride), dtype=np.float32)
+        if self.given is not None:
+            return self.given[::stride].float().numpy()
+        if self._np is not None:
+            tuned, base = (x[::stride] for x in self._np)
+            return np.subtract(_widen(tuned, np.empty(len(tuned), np.float32)), _widen(base, np.empty(len(base), np.float32)))
+        return (self.tuned[::stride].float() - self.base[::stride].float()).numpy()  # type: ignore[index,union-attr]
+
 
 class DeltaSource:
     """Base class. ``names`` are the floating-point tensors analysed, in the base's order."""
@@ -45,10 +132,12 @@ class DeltaSource:
             n *= s
         return n
 
-    def load(self, name: str, scratch: Scratch) -> Loaded:
-        """One tensor's delta, computed on ``scratch.device`` into scratch buffers (valid until
-        the next load)."""
+    def load(self, name: str) -> Loaded:
+        """One tensor pair, without copying its data where the checkpoint can be mapped."""
         raise NotImplementedError
+
+    def prefetch(self, name: str) -> None:
+        """Hint that ``name`` is loaded next (lets a cold file be read ahead)."""
 
     def lora_rank(self, name: str) -> Optional[int]:
         return None
@@ -69,20 +158,6 @@ class DeltaSource:
             f"the delta of tensor {name!r} overflows float32 (|tuned - base| > 3.4e38) between {self.base_label} "
             f"and {self.tuned_label}; these checkpoints are not a fine-tune of one another."
         )
-
-
-def _flat_delta(base: torch.Tensor, tuned: torch.Tensor, scratch: Scratch) -> torch.Tensor:
-    """(n,) float32 tuned - base in a scratch buffer. bf16/fp16 inputs are widened first, so the
-    difference of their values is exact (a subtraction in bf16 would round it)."""
-    base, tuned = base.reshape(-1).to(scratch.device), tuned.reshape(-1).to(scratch.device)
-    delta = scratch.get("delta", base.numel(), torch.float32)
-    if base.dtype == torch.float32 and delta.device.type == "cpu":
-        np.subtract(tuned.numpy(), base.numpy(), out=delta.numpy())  # see radix.abs_bits on numpy
-        return delta
-    if base.dtype == torch.float32:
-        return torch.sub(tuned, base, out=delta)
-    delta.copy_(tuned)
-    return delta.sub_(base)
 
 
 class CheckpointPair(DeltaSource):
@@ -119,12 +194,12 @@ class CheckpointPair(DeltaSource):
             self.shapes[name], self.dtypes[name] = base.shape(name), base.dtype(name)
             (self.names if base.dtype(name).is_floating_point else self.skipped).append(name)
 
-    def load(self, name: str, scratch: Scratch) -> Loaded:
-        n, dtype = self.numel(name), self.dtypes[name]
-        cpu = torch.device("cpu")
-        base = self.base.read_flat(name, scratch.get("base", n, dtype, cpu))  # type: ignore[union-attr]
-        tuned = self.tuned.read_flat(name, scratch.get("tuned", n, dtype, cpu))  # type: ignore[union-attr]
-        return Loaded(_flat_delta(base, tuned, scratch), base, tuned)
+    def load(self, name: str) -> Loaded:
+        return Loaded(self.base.view_flat(name), self.tuned.view_flat(name))  # type: ignore[union-attr]
+
+    def prefetch(self, name: str) -> None:
+        self.base.prefetch(name)  # type: ignore[union-attr]
+        self.tuned.prefetch(name)
 
     def differing_skipped(self) -> list[str]:
         return [n for n in self.skipped if not torch.equal(self.base.get(n), self.tuned.get(n))]  # type: ignore[union-attr]
@@ -153,12 +228,15 @@ class LoraPair(DeltaSource):
             self.shapes[name], self.dtypes[name] = base.shape(name), base.dtype(name)
             (self.names if base.dtype(name).is_floating_point else self.skipped).append(name)
 
-    def load(self, name: str, scratch: Scratch) -> Loaded:
-        base = self.base.read_flat(name, scratch.get("base", self.numel(name), self.dtypes[name], torch.device("cpu")))  # type: ignore[union-attr]
+    def load(self, name: str) -> Loaded:
+        base = self.base.view_flat(name)  # type: ignore[union-attr]
         if name not in self.target:
-            return Loaded(None, base, None)
+            return Loaded(base, None)
         tuned = self.adapter.merged(self.target[name], base.view(self.shapes[name])).reshape(-1)
-        return Loaded(_flat_delta(base, tuned, scratch), base, tuned)
+        return Loaded(base, tuned)
+
+    def prefetch(self, name: str) -> None:
+        self.base.prefetch(name)  # type: ignore[union-attr]
 
     def lora_rank(self, name: str) -> Optional[int]:
         return self.adapter.rank(self.target[name]) if name in self.target else None
@@ -192,9 +270,8 @@ class DictSource(DeltaSource):
             self.shapes[name], self.dtypes[name] = tuple(t.shape), t.dtype
             (self.names if t.dtype.is_floating_point else self.skipped).append(name)
 
-    def load(self, name: str, scratch: Scratch) -> Loaded:
-        delta = scratch.get("delta", self.numel(name), torch.float32)
-        return Loaded(delta.copy_(self.deltas[name].detach().reshape(-1)), None, None)
+    def load(self, name: str) -> Loaded:
+        return Loaded(None, None, self.deltas[name].detach().reshape(-1).cpu())
 
     def raise_nonfinite(self, name: str, item: Loaded) -> None:
         raise CheckpointError(f"delta tensor {name!r} holds NaN or Inf; check the weights it was computed from.")

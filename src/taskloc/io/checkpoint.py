@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import difflib
 import math
+import mmap
+import os
 from pathlib import Path
 from typing import BinaryIO, Iterable, Mapping, Optional
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from .safetensors_format import Header, TensorEntry, read_bytes, read_header
+from .safetensors_format import Header, TensorEntry, read_header
 
 
 class Checkpoint:
@@ -67,6 +70,15 @@ class Checkpoint:
         dest.copy_(flat)
         return dest
 
+    def view_flat(self, name: str) -> torch.Tensor:
+        """The tensor's entries as a flat CPU tensor for reading only: it may share memory with the
+        checkpoint (a mapping of its file, or a state dict's own tensor), so the caller must not
+        modify it. Streaming passes use it to look at every entry without copying them first."""
+        return self.get(name).reshape(-1)
+
+    def prefetch(self, name: str) -> None:
+        """Hint that ``name`` is read next, so a cold file can be read ahead meanwhile."""
+
     def sample_bytes(self, name: str, windows: list[tuple[int, int]]) -> bytes:
         """Concatenated raw bytes at ``(begin, end)`` positions inside the tensor's data; used for
         fingerprints. Formats with files override this to read only those bytes."""
@@ -95,9 +107,9 @@ class SafetensorsCheckpoint(Checkpoint):
     """One or more safetensors files; ``entries`` says which file holds each tensor.
 
     read_header validates every file first, so a bad file fails with a CheckpointError before any
-    data is touched. Data is read with plain reads into a (reusable) buffer rather than through
-    safetensors' mmap: mapped pages stay resident and count towards the process's memory until
-    the whole file is mapped in, while a read into a reused buffer keeps memory at one tensor.
+    data is touched. ``read_flat`` reads into a (reusable) buffer; ``view_flat`` maps one tensor's
+    bytes instead (no copy at all: a warm page cache is read in place), and the mapping is released
+    with the returned tensor, so memory stays at the tensors the caller holds, never the whole file.
     """
 
     def __init__(self, path: Path, format: str, headers: dict[Path, Header], entries: dict[str, TensorEntry],
@@ -142,24 +154,65 @@ class SafetensorsCheckpoint(Checkpoint):
         if not entry.numel:
             return dest
         view = memoryview(dest.view(torch.uint8).numpy())  # raw little-endian bytes, as on disk
+        f = self._file(entry)
         try:
-            f = self._files.get(entry.file)
-            if f is None:
-                f = self._files[entry.file] = open(entry.file, "rb", buffering=0)
             f.seek(entry.begin)
             done = 0
             while done < len(view):  # one read may return less than asked (2 GiB cap on Linux)
                 got = f.readinto(view[done:])
                 if not got:
-                    raise CheckpointError(f"{entry.file} ended while reading tensor {name!r}; the file was truncated after it was opened.")
+                    raise self._truncated(entry)
                 done += got
         except OSError as exc:
             raise CheckpointError(f"cannot read tensor {name!r} from {entry.file}: {exc.strerror or exc}.") from None
         return dest
 
+    def view_flat(self, name: str) -> torch.Tensor:
+        """A private copy-on-write mapping of the tensor's bytes: pages are read from the page cache
+        only when touched, and unmapped when the returned tensor (and every view of it) is gone.
+        The file's size is checked first, since touching a page past a truncated end kills the
+        process (SIGBUS) where a read would raise."""
+        entry = self._entry(name)
+        if not entry.numel:
+            return torch.empty(0, dtype=entry.dtype)
+        f = self._file(entry)
+        if os.fstat(f.fileno()).st_size < entry.end:
+            raise self._truncated(entry)
+        start = entry.begin - entry.begin % mmap.ALLOCATIONGRANULARITY  # mappings start on a boundary
+        try:
+            mapped = mmap.mmap(f.fileno(), entry.end - start, access=mmap.ACCESS_COPY, offset=start)
+        except (OSError, ValueError):  # a file system that cannot map: read it instead
+            return self.read_flat(name)
+        raw = np.frombuffer(mapped, dtype=np.uint8, count=entry.end - entry.begin, offset=entry.begin - start)
+        return torch.from_numpy(raw).view(entry.dtype)  # the tensor keeps the mapping alive
+
+    def prefetch(self, name: str) -> None:
+        entry = self._entry(name)
+        if entry.numel and hasattr(os, "posix_fadvise"):
+            try:
+                os.posix_fadvise(self._file(entry).fileno(), entry.begin, entry.end - entry.begin, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # only a hint
+
+    def _file(self, entry: TensorEntry) -> BinaryIO:
+        f = self._files.get(entry.file)
+        if f is None:
+            try:
+                f = self._files[entry.file] = open(entry.file, "rb", buffering=0)
+            except OSError as exc:
+                raise CheckpointError(f"cannot read tensor {entry.name!r} from {entry.file}: {exc.strerror or exc}.") from None
+        return f
+
+    def _truncated(self, entry: TensorEntry) -> CheckpointError:
+        return CheckpointError(f"{entry.file} ended while reading tensor {entry.name!r}; the file was truncated after it was opened.")
+
     def sample_bytes(self, name: str, windows: list[tuple[int, int]]) -> bytes:
         entry = self._entry(name)
-        return b"".join(read_bytes(entry.file, entry.begin + b, entry.begin + e) for b, e in windows)
+        fd = self._file(entry).fileno()  # the open handle: one open per file, not per window
+        try:
+            return b"".join(os.pread(fd, e - b, entry.begin + b) for b, e in windows)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read tensor {name!r} from {entry.file}: {exc.strerror or exc}.") from None
 
     def close(self) -> None:
         for f in self._files.values():
@@ -229,6 +282,11 @@ class PickleCheckpoint(Checkpoint):
         file = self._files.get(name, self.path)
         return self._load(file)[name].clone()
 
+    def view_flat(self, name: str) -> torch.Tensor:
+        if name not in self._shapes:
+            raise self._unknown(name)
+        return self._load(self._files.get(name, self.path))[name].reshape(-1)  # mapped by torch.load, no copy
+
 
 def _state_dict_of(obj: object, file: Path) -> dict[str, torch.Tensor]:
     """The tensors of a loaded pickle: a flat dict of tensors, or one nested under a usual key."""
@@ -270,6 +328,9 @@ class MemoryCheckpoint(Checkpoint):
 
     def get(self, name: str) -> torch.Tensor:
         return self._t(name).detach().to("cpu").clone()
+
+    def view_flat(self, name: str) -> torch.Tensor:
+        return self._t(name).detach().to("cpu").reshape(-1)  # the caller's own tensor when it is on the CPU
 
 
 def first_names(names: Iterable[str], limit: int = 5) -> str:
