@@ -107,5 +107,7 @@ def _bars(spec: dict[str, Any]):
         ax.set_ylim(*spec["ylim"])
     ax.set(title=spec["title"], ylabel=spec["ylabel"])
     if len(groups) > 1:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        # Below the axes: keeps the plot full width and never covers a bar.
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.25 if crowded else -0.1),
+                  ncol=min(len(groups), 2))
     return fig
