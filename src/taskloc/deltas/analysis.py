@@ -1,16 +1,18 @@
 """Streaming delta analysis: one tensor pair in memory at a time, exact global figures.
 
 A sampling pre-pass (predict.py) reads a small fraction of every tensor to guess where the global
-ranks will fall. Pass 1 then sweeps every tensor once (sweep.py): the exact level-1 histogram of
-its delta (radix.py) and, from the same sweep, the entries of a few flagged buckets -- those its
-own exact curve needs (Gini, Hoyer, relative norm and effective rank come from the histogram and
-norms), those the global curve and threshold are predicted to need, and every entry that may be
-in the global top k, which goes to the selection sink as a candidate. The per-tensor histograms
-add up to the global one, which places the global ranks exactly; when a prediction held (the
-usual case) everything is known after pass 1. Otherwise pass 2 streams again over the tensors
-with entries in the missing buckets (or selects, when the candidates would not fit in memory),
-and when the threshold's bucket is too big to hold its candidates (massive ties, e.g. many exact
-zeros) a third pass selects with the exact threshold. Memory stays O(largest tensor + k).
+ranks will fall. Pass 1 then sweeps each tensor twice while it is mapped (sweep.py): first its
+exact level-1 histogram (radix.py: counts and exact sums of |d| and d^2 per bucket; Gini, Hoyer
+and relative norm follow, effective rank comes from the delta of small matrices), then one lookup
+that returns the entries of a few flagged buckets -- those its own exact curve and maximum need
+(known exactly after the first sweep), those the global curve and threshold are predicted to
+need, and every entry that may be in the global top k, which goes to the selection sink as a
+candidate. The per-tensor histograms add up to the global one, which places the global ranks
+exactly; when the predictions held (the usual case) everything is known after pass 1. Otherwise
+pass 2 streams again over the tensors with entries in the missing buckets (or selects, when the
+candidates would not fit in memory), and when the threshold's bucket is too big to hold its
+candidates (massive ties, e.g. many exact zeros) a third pass selects with the exact threshold.
+Memory stays O(largest tensor + candidates).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from ..device import pick_device
-from ..metrics import effective_rank, hoyer_from_norms
+from ..metrics import effective_rank
 from ..progress import progress_bar
 from .names import KINDS, kind_of, layer_of
 from .null import GINI_HALF_NORMAL, gaussian_null_curve, gaussian_null_gini, gaussian_null_hoyer
@@ -33,7 +35,7 @@ from .radix import (BUCKET_SHIFT, LOW_MASK, N_BUCKETS, Histogram, Level2Counts, 
 from .scratch import Scratch
 from .selection import SelectionSink, TopK
 from .sources import DeltaSource, Loaded
-from .sweep import SweepResult, sweep, sweep_kept
+from .sweep import SweepResult, sweep
 
 GRID_PERCENT = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
 GRID = tuple(p / 100 for p in GRID_PERCENT)
@@ -159,9 +161,11 @@ class _Candidates:
         """name -> (distinct low bits, counts) of its candidates in ``bucket``."""
         return {name: _low_counts(bits[(bits >> BUCKET_SHIFT) == bucket]) for name, bits in self.bits.items()}
 
-    def within(self, bucket: int) -> Within:
-        """Global level 2 of a covered bucket."""
-        return within_of(np.concatenate(list(self.bits.values()) or [np.zeros(0, np.int32)]), [bucket])[bucket]
+    def within(self, buckets: list[int]) -> dict[int, Within]:
+        """Global level 2 of covered buckets."""
+        if not buckets:
+            return {}
+        return within_of(np.concatenate(list(self.bits.values()) or [np.zeros(0, np.int32)]), buckets)
 
 
 @dataclass
@@ -213,22 +217,22 @@ class _Stream:
                 advance()
 
     def _tensor_stats(self, name: str, item: Loaded, plan: _Plan) -> TensorStats:
-        """Two sweeps: the moments (exact histogram) while keeping the delta, then one lookup over
-        the kept delta for the entries of the buckets its own curve and maximum need -- known
-        exactly by then -- and of those pass 1 collects for the global figures."""
+        """Two sweeps: the moments (exact histogram), then one lookup for the entries of the buckets
+        its own curve and maximum need -- known exactly by then -- and of those pass 1 collects for
+        the global figures. (Recomputing the delta in cache for the second sweep moves less memory
+        than keeping it: the inputs are read again, but nothing tensor-sized is written.)"""
         shape, n = self.source.shapes[name], self.source.numel(name)
         if item.zero:  # untouched: all entries are exact zeros
             moments, hist = SweepResult(), Histogram.of_zeros(n)
             hits = sweep(item, n, plan.flags, False, self.scratch) if plan.flags[0] else SweepResult()
         else:
-            kept = self.scratch.get("kept_delta", n, torch.float32)  # (n,) the delta, for the second sweep
-            moments = sweep(item, n, None, True, self.scratch, keep=kept, base_squares=item.base is not None)
+            moments = sweep(item, n, None, True, self.scratch, base_squares=item.base is not None)
             hist = Histogram.from_moments(moments.counts, moments.low_sum, moments.low_sq)
         if hist.has_nonfinite():
             self.source.raise_nonfinite(name, item)
         if not item.zero:
             own = self._own_buckets(n, hist, moments)
-            hits = sweep_kept(kept, plan.flags | _flags_of(own), self.scratch)
+            hits = sweep(item, n, plan.flags | _flags_of(own), False, self.scratch)
         hi = hits.bits >> BUCKET_SHIFT  # (h,) buckets of the returned entries
         plan.level2.add(hits.bits, hi)
         if plan.candidates is not None:
@@ -253,7 +257,7 @@ class _Stream:
             name=name, shape=tuple(shape), dtype=str(self.source.dtypes[name]).replace("torch.", ""),
             layer=layer_of(name), kind=kind_of(name), n=n, n_changed=n_changed, l1=l1, energy=energy,
             base_energy=base_energy, max_abs=max_abs, rel_norm=_rel_norm(energy, base_energy),
-            gini=gini_from_histogram(hist), hoyer=float(hoyer_from_norms(torch.tensor(l1), torch.tensor(math.sqrt(energy)), n)),
+            gini=gini_from_histogram(hist), hoyer=_hoyer(l1, energy, n),
             effective_rank=erank, lora_rank=self.source.lora_rank(name), curve_l1=curve[0], curve_energy=curve[1],
         )
 
@@ -337,8 +341,8 @@ def analyse(
         cands.abandon()  # the threshold fell outside the predicted range
     needed = set(curve_buckets) | ({b_star} if b_star is not None else set())
     within = plan.level2.within(needed)
-    if early and b_star not in within:
-        within[b_star] = cands.within(b_star)  # type: ignore[union-attr,index]
+    if early:  # the candidates hold every entry of the buckets they cover
+        within.update(cands.within([b for b in sorted(needed - set(within)) if cands.covers(b)]))  # type: ignore[union-attr]
     missing = sorted(needed - set(within))
     # name -> (distinct low bits, counts) of its entries in the threshold's bucket: enough to place
     # the threshold and split its ties, and bounded by 2^15 pairs per tensor however many there are
@@ -383,11 +387,6 @@ def _plan(estimate: Optional[Estimate], n_total: int, grid: Sequence[float], k: 
         return _Plan(Level2Store([], []), None, np.zeros(N_BUCKETS, dtype=bool))
     ranks = ranks_for(n_total, grid) + ([k] if k is not None else [])
     windows = estimate.windows(ranks)
-    buckets = np.array(sorted({b for lo, hi in windows for b in range(lo, hi + 1)}), dtype=np.int64)
-    per_bucket = estimate.ge[buckets] - estimate.ge[buckets + 1]  # estimated entries in each
-    dense = buckets[per_bucket > TABLE_ENTRIES].tolist()
-    level2 = Level2Store(dense if len(dense) <= MAX_DENSE_BUCKETS else [], buckets[per_bucket <= TABLE_ENTRIES].tolist())
-    flags = _flags_of(level2.buckets)
     candidates = None
     if k is not None:
         start, stop = windows[-1]
@@ -395,7 +394,15 @@ def _plan(estimate: Optional[Estimate], n_total: int, grid: Sequence[float], k: 
             stop = N_BUCKETS - 1
         if estimate.at_or_above(start) - estimate.ge[stop + 1] <= cap:  # estimated entries in [start, stop]
             candidates = _Candidates(sink, start, stop, cap)
-            flags[start:stop + 1] = True
+    # buckets the candidates hold (with a sink: every one from k's window up) need no store of their own
+    upto = candidates.start if candidates is not None and candidates.stop == N_BUCKETS - 1 else N_BUCKETS
+    buckets = np.array(sorted({b for lo, hi in windows for b in range(lo, min(hi + 1, upto))}), dtype=np.int64)
+    per_bucket = estimate.ge[buckets] - estimate.ge[buckets + 1]  # estimated entries in each
+    dense = buckets[per_bucket > TABLE_ENTRIES].tolist()
+    level2 = Level2Store(dense if len(dense) <= MAX_DENSE_BUCKETS else [], buckets[per_bucket <= TABLE_ENTRIES].tolist())
+    flags = _flags_of(level2.buckets)
+    if candidates is not None:
+        flags[candidates.start:candidates.stop + 1] = True
     return _Plan(level2, candidates, flags)
 
 
@@ -511,11 +518,20 @@ def _global_stats(st: _Stream, index: RankIndex) -> GlobalStats:
     return GlobalStats(
         n=index.n, n_changed=sum(s.n_changed for s in st.stats), l1=hist.total1, energy=hist.total2,
         base_energy=base_energy, rel_norm=_rel_norm(hist.total2, base_energy), gini=gini_from_histogram(hist),
-        hoyer=float(hoyer_from_norms(torch.tensor(hist.total1), torch.tensor(math.sqrt(hist.total2)), index.n)),
+        hoyer=_hoyer(hist.total1, hist.total2, index.n),
         curve_l1=curve_l1, curve_energy=curve_energy, null_l1=null["l1"], null_energy=null["energy"],
         null_gini=gaussian_null_gini(sizes, mean_squares) if index.n else 0.0,
         null_hoyer=gaussian_null_hoyer(sizes, mean_squares) if index.n else 0.0,
     )
+
+
+def _hoyer(l1: float, energy: float, n: int) -> float:
+    """metrics.hoyer_from_norms on floats: (sqrt(n) - l1/l2) / (sqrt(n) - 1), 0 for n <= 1 or a
+    zero delta (torch scalar ops, once per tensor, cost more than the figure on a busy machine)."""
+    if n <= 1 or energy <= 0:
+        return 0.0
+    root = math.sqrt(n)
+    return (root - l1 / math.sqrt(energy)) / (root - 1)
 
 
 def _tensor_null(grid: Sequence[float]) -> dict:

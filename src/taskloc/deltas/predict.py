@@ -61,10 +61,6 @@ class Estimate:
         var = weight * weight * (seen_ge + 1) * np.clip(1 - seen_ge / m, 0.0, 1.0)
         return cls(weight * seen_ge, var, weight)
 
-    def entries(self, lo: int, hi: int) -> float:
-        """Estimated entries in buckets lo..hi."""
-        return float(self.ge[lo] - self.ge[hi + 1])
-
     def add(self, other: "Estimate") -> None:
         self.ge += other.ge
         self.var += other.var

@@ -1,8 +1,8 @@
 """Reused scratch tensors for the streaming passes.
 
-A fresh 32 MB array costs more in page faults than the elementwise op that fills it, so every
-per-tensor temporary of the hot loop (the two input tensors, the delta, bucket ids, float64
-weights) lives in one buffer per role that grows to the largest tensor and is then reused.
+A fresh array costs more in page faults than the elementwise op that fills it, so every temporary
+of the hot loop (a block's delta, bucket ids, weights, flags) lives in one buffer per role that
+grows to the largest size asked for and is then reused.
 """
 from __future__ import annotations
 

@@ -70,8 +70,10 @@ def parse_top(text: str) -> TopK:
 def choose_candidates(bits: np.ndarray, t_bits: int, quota: int) -> np.ndarray:
     """Which candidates (|delta| bit patterns, in flat-index order) are selected: every one above
     the threshold's pattern, and the first ``quota`` equal to it. Returns a bool mask."""
-    tie = bits == t_bits
-    return (bits > t_bits) | (tie & (np.cumsum(tie) <= quota))
+    keep = bits > t_bits
+    if quota:
+        keep[np.flatnonzero(bits == t_bits)[:quota]] = True
+    return keep
 
 
 class SelectionSink:

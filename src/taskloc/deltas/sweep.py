@@ -36,9 +36,9 @@ FLUSH = 1 << 23
 
 @dataclass
 class SweepResult:
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, np.int64))  # entries per bucket
-    low_sum: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, np.int64))  # sum of L per bucket
-    low_sq: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, np.int64))  # sum of L^2 per bucket
+    counts: Optional[np.ndarray] = None  # (N_BUCKETS,) int64 entries per bucket, from moment sweeps
+    low_sum: Optional[np.ndarray] = None  # (N_BUCKETS,) int64 sum of L per bucket
+    low_sq: Optional[np.ndarray] = None  # (N_BUCKETS,) int64 sum of L^2 per bucket
     base_sq: Optional[float] = None  # sum base^2, when asked for
     idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (h,) flagged entries, ascending
     bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (h,) their |d| bit patterns
@@ -51,6 +51,7 @@ class _Moments:
 
     def __init__(self, out: SweepResult, device: torch.device) -> None:
         self.out = out
+        out.counts, out.low_sum, out.low_sq = (np.zeros(N_BUCKETS, np.int64) for _ in range(3))
         if device.type == "cpu":
             self.packed = torch.from_numpy(np.zeros(N_BUCKETS, dtype=np.int64))  # (count << 38) + sum L
             self.squares = torch.from_numpy(np.zeros(N_BUCKETS, dtype=np.int64))  # sum L^2
@@ -84,38 +85,25 @@ class _Moments:
 
 
 def sweep(item: Loaded, n: int, lut: Optional[np.ndarray], moments: bool, scratch: Scratch,
-          keep: Optional[torch.Tensor] = None, base_squares: bool = False) -> SweepResult:
+          base_squares: bool = False) -> SweepResult:
     """Moments (when ``moments``) and the entries of buckets flagged in ``lut`` ((N_BUCKETS,)
     bool, or None for none) of one tensor pair's delta, computed on ``scratch.device``. With
-    ``keep`` ((n,) float32, same device), the delta is also left there, for ``sweep_kept``. With
     ``base_squares``, sum base^2 is taken block by block while each block is in cache (float32
     products, float64 total), when the pair allows it (``SweepResult.base_sq``)."""
     out = SweepResult()
     if lut is not None and not lut.any():
         lut = None
-    if not moments and lut is None and keep is None:
+    if not moments and lut is None:
         return out
     blocks = _Blocks(scratch, n, moments, lut)
     squares: Optional[float] = 0.0 if base_squares else None
     for start in range(0, n, blocks.size):
         stop = min(n, start + blocks.size)
-        buf = keep[start:stop] if keep is not None else blocks.delta[:stop - start]
-        blocks.step(item.delta_into(start, stop, buf), start)
+        blocks.step(item.delta_into(start, stop, blocks.delta[:stop - start]), start)
         if squares is not None:
             block_sq = item.base_squares(start, stop)
             squares = None if block_sq is None else squares + block_sq
     out.base_sq = squares
-    return blocks.finish(out)
-
-
-def sweep_kept(delta: torch.Tensor, lut: np.ndarray, scratch: Scratch) -> SweepResult:
-    """The entries of buckets flagged in ``lut`` of a delta kept by ``sweep`` (no moments)."""
-    out = SweepResult()
-    if not lut.any():
-        return out
-    blocks = _Blocks(scratch, delta.numel(), False, lut)
-    for start in range(0, delta.numel(), blocks.size):
-        blocks.step(delta[start:start + blocks.size], start)
     return blocks.finish(out)
 
 
