@@ -165,6 +165,21 @@ def test_torch_kernel_equals_numpy_kernel(monkeypatch):
     _check_against_sorting(*_structured(seed=3), "1%")
 
 
+def test_threaded_sweeps_give_the_same_report(monkeypatch):
+    from dataclasses import asdict
+
+    import taskloc.deltas.analysis as analysis
+
+    base, tuned = _structured(seed=5)
+    reports = []
+    for workers in (1, 2):
+        monkeypatch.setattr(analysis, "_idle_cpus", lambda most, w=workers: w)
+        reports.append(_check_against_sorting(base, tuned, "2%"))
+    one, two = (asdict(r) for r in reports)
+    one.pop("timings"), two.pop("timings")
+    assert one == two
+
+
 def test_bfloat16_checkpoints_are_exact():
     _check_against_sorting(*_structured(seed=4, dtype=torch.bfloat16), "3%")
 

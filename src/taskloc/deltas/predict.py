@@ -96,12 +96,17 @@ class Sampler:
         self.entries = entries
         self.pools: dict[tuple[int, int], list] = {}  # (n, stride) -> [bucket counts, sampled entries]
 
-    def add(self, item: Loaded, n: int) -> None:
+    def sample(self, item: Loaded, n: int) -> np.ndarray:
+        """int32 |d| bit patterns of every s-th entry of one tensor pair (thread-safe)."""
+        if n == 0:
+            return np.zeros(0, np.int32)
+        return item.sample(sample_stride(n, self.entries)).view(np.int32) & ABS_MASK
+
+    def add(self, n: int, bits: np.ndarray) -> None:
+        """Pool one tensor's sample (``sample``'s result for a tensor of n entries)."""
         if n == 0:
             return
-        stride = sample_stride(n, self.entries)
-        bits = item.sample(stride).view(np.int32) & ABS_MASK
-        pool = self.pools.setdefault((n, stride), [np.zeros(N_BUCKETS, np.int64), 0])
+        pool = self.pools.setdefault((n, sample_stride(n, self.entries)), [np.zeros(N_BUCKETS, np.int64), 0])
         pool[0] += np.bincount(bits >> BUCKET_SHIFT, minlength=N_BUCKETS)[:N_BUCKETS]
         pool[1] += len(bits)
 

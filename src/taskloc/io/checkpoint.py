@@ -11,6 +11,7 @@ import difflib
 import math
 import mmap
 import os
+import threading
 from pathlib import Path
 from typing import BinaryIO, Iterable, Mapping, Optional
 
@@ -121,6 +122,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self.entries = entries  # name -> entry, in storage order
         self.index_file = index_file
         self._files: dict[Path, BinaryIO] = {}
+        self._lock = threading.Lock()  # streaming passes read from worker threads: one seek+read at a time
 
     @classmethod
     def from_file(cls, file: Path, format: str = "safetensors", path: Optional[Path] = None) -> "SafetensorsCheckpoint":
@@ -156,13 +158,14 @@ class SafetensorsCheckpoint(Checkpoint):
         view = memoryview(dest.view(torch.uint8).numpy())  # raw little-endian bytes, as on disk
         f = self._file(entry)
         try:
-            f.seek(entry.begin)
-            done = 0
-            while done < len(view):  # one read may return less than asked (2 GiB cap on Linux)
-                got = f.readinto(view[done:])
-                if not got:
-                    raise self._truncated(entry)
-                done += got
+            with self._lock:
+                f.seek(entry.begin)
+                done = 0
+                while done < len(view):  # one read may return less than asked (2 GiB cap on Linux)
+                    got = f.readinto(view[done:])
+                    if not got:
+                        raise self._truncated(entry)
+                    done += got
         except OSError as exc:
             raise CheckpointError(f"cannot read tensor {name!r} from {entry.file}: {exc.strerror or exc}.") from None
         return dest
@@ -195,13 +198,14 @@ class SafetensorsCheckpoint(Checkpoint):
                 pass  # only a hint
 
     def _file(self, entry: TensorEntry) -> BinaryIO:
-        f = self._files.get(entry.file)
-        if f is None:
-            try:
-                f = self._files[entry.file] = open(entry.file, "rb", buffering=0)
-            except OSError as exc:
-                raise CheckpointError(f"cannot read tensor {entry.name!r} from {entry.file}: {exc.strerror or exc}.") from None
-        return f
+        with self._lock:
+            f = self._files.get(entry.file)
+            if f is None:
+                try:
+                    f = self._files[entry.file] = open(entry.file, "rb", buffering=0)
+                except OSError as exc:
+                    raise CheckpointError(f"cannot read tensor {entry.name!r} from {entry.file}: {exc.strerror or exc}.") from None
+            return f
 
     def _truncated(self, entry: TensorEntry) -> CheckpointError:
         return CheckpointError(f"{entry.file} ended while reading tensor {entry.name!r}; the file was truncated after it was opened.")
@@ -231,6 +235,7 @@ class PickleCheckpoint(Checkpoint):
         super().__init__(path)
         self._files = files
         self._loaded: tuple[Optional[Path], dict[str, torch.Tensor]] = (None, {})
+        self._lock = threading.Lock()  # one shard loaded at a time, also from worker threads
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, torch.dtype] = {}
         for file in dict.fromkeys(files.values()) if files else [path]:
@@ -242,6 +247,10 @@ class PickleCheckpoint(Checkpoint):
                 raise CheckpointError(f"{path}: the index names {len(missing)} tensors its shards lack, first {missing[0]!r}.")
 
     def _load(self, file: Path) -> dict[str, torch.Tensor]:
+        with self._lock:
+            return self._load_locked(file)
+
+    def _load_locked(self, file: Path) -> dict[str, torch.Tensor]:
         if self._loaded[0] == file:
             return self._loaded[1]
         try:
