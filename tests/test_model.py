@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from taskloc.errors import ConfigError, HookError
+from taskloc.errors import ConfigError, HookError, UnknownNameError
 from taskloc.evaluate import exact_match
 from taskloc.hooks import capture, hooks, resolve_sites, site_names
 from taskloc.model import ModelConfig, TinyLM
@@ -103,7 +103,7 @@ def test_bad_model_config_is_one_clear_error():
         ModelConfig(d_model=30, n_head=4)
     with pytest.raises(ConfigError, match="wrong type"):
         ModelConfig(n_layer="four")
-    with pytest.raises(Exception, match="Did you mean 'dense'"):
+    with pytest.raises(UnknownNameError, match="Did you mean 'dense'"):
         ModelConfig(attention="dens")
 
 
