@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from .data import DataConfig, TaskMixture
 from .device import pick_device
 from .errors import ConfigError, RunDirError
 from .evaluate import accuracy_table
-from .io.atomic import write_json, write_safetensors, write_text
+from .io.atomic import json_safe, write_json, write_safetensors, write_text
 from .model import ModelConfig, TinyLM
 from .progress import console
 from .studies import STUDIES, Study
@@ -261,21 +260,8 @@ def _run_cached(ctx: RunContext, study: Study, study_cfg: Config) -> dict[str, A
 
 def build_results(cfg: RunConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     claims = [c for r in results.values() for c in r["claims"]]
-    return _json_safe({"taskloc_version": __version__, "preset": cfg.preset, "config": cfg.to_dict(),
+    return json_safe({"taskloc_version": __version__, "preset": cfg.preset, "config": cfg.to_dict(),
                        "claims": claims, "studies": results})
-
-
-def _json_safe(obj: Any) -> Any:
-    """NaN/Inf (e.g. an interval with no data) become null: results.json stays strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:  # numpy / torch scalars
-        return _json_safe(obj.item())
-    return obj
 
 
 def describe_studies() -> None:

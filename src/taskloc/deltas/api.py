@@ -2,7 +2,6 @@
 (for the CLI verbs ``delta`` and ``graft``)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -10,7 +9,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..io import MemoryCheckpoint, fingerprint, open_checkpoint
-from ..io.atomic import write_json, write_text
+from ..io.atomic import json_safe, write_json, write_text
 from .analysis import GRID, DeltaReport, analyse
 from .patch import GraftResult, PatchSink, graft
 from .selection import MaskSink, TopK, parse_top
@@ -94,7 +93,7 @@ def delta_checkpoints(base: Path, tuned: Path, *, top: TopLike = "1%", patch: Op
         base_ckpt.close()
         tuned_ckpt.close()
     if json_out is not None:
-        write_json(Path(json_out), _finite(report.to_json()))
+        write_json(Path(json_out), json_safe(report.to_json()))
     if html_out is not None:
         from .html import render_html
 
@@ -120,14 +119,3 @@ def _check_outputs(outputs: list[Path], inputs: list[Path]) -> None:
         if r in seen:
             raise ConfigError(f"output {out} is given twice; give each output its own path.")
         seen.add(r)
-
-
-def _finite(obj: object) -> object:
-    """JSON has no Infinity/NaN: such figures (a relative norm against an all-zero base) become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
