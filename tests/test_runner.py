@@ -47,9 +47,16 @@ def test_same_seed_gives_identical_results(reference_run, tmp_path):
 def test_different_seed_gives_different_results(reference_run, tmp_path):
     out = tmp_path / "seed1"
     main(ARGS + ["--set", "seed=1", "--out", str(out)])
-    a = json.loads((out / "results.json").read_text())["studies"]["base-model"]["metrics"]
-    b = json.loads((reference_run / "results.json").read_text())["studies"]["base-model"]["metrics"]
-    assert a != b
+    # The 60-step quick base scores near zero whatever the seed, so compare what training did:
+    # the loss curve and the weights.
+    def losses(run):
+        return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    def weights(run):
+        return next(run.glob("artefacts/base-*/model.safetensors")).read_bytes()
+
+    assert len(losses(out)) == len(losses(reference_run)) and losses(out) != losses(reference_run)
+    assert weights(out) != weights(reference_run)
 
 
 def test_sigkill_during_pretraining_then_resume(reference_run, tmp_path):

@@ -27,11 +27,14 @@ def run(
     config: Optional[Path] = typer.Option(None, help="TOML file overriding the preset"),
     set_: List[str] = typer.Option([], "--set", help="override one setting, e.g. --set pretrain.steps=500"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    model: Optional[Path] = typer.Option(None, help="study this model instead of pretraining TinyLM: a taskloc run "
+                                         "directory or .safetensors, or a local HF causal-LM folder with its tokenizer"),
 ) -> None:
-    """Run studies on the embedded default and write results.json and report.html."""
+    """Run studies on the embedded default (or on --model) and write results.json and report.html."""
     from .runner import run_studies
 
-    run_dir = run_studies(studies or [], preset=preset, out=out, config_file=config, overrides=set_, device=device)
+    run_dir = run_studies(studies or [], preset=preset, out=out, config_file=config, overrides=set_, device=device,
+                          model=model)
     console.print(f"report: {run_dir / 'report.html'}")
 
 

@@ -11,17 +11,18 @@ import torch
 
 from .data import eval_examples
 from .model import TinyLM
-from .tasks import Example, Task, encode_batch
+from .tasks import Example, Task, codec_of
 
 
 @torch.no_grad()
 def exact_match(model: TinyLM, examples: list[Example], batch_size: int = 512) -> torch.Tensor:
     """Bool tensor (N,): does greedy decoding reproduce each example's target?"""
     device = next(model.parameters()).device
+    codec = codec_of(model)
     out = []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
-        inputs, labels, mask = (t.to(device) for t in encode_batch([(e.prompt, e.target) for e in chunk]))
+        inputs, labels, mask = (t.to(device) for t in codec.encode_batch([(e.prompt, e.target) for e in chunk]))
         pred = model(inputs).argmax(-1)  # (B, T)
         wrong = (pred != labels) & mask
         out.append(~wrong.any(dim=1))

@@ -80,3 +80,33 @@ def load_model(path: Path, device: str = "auto") -> LoadedModel:
             raise DataError(f"{path} has no tokenizer files, so text prompts cannot be encoded; add the tokenizer to the folder.")
         return LoadedModel(hf, hf.family, no_tokenizer, path)
     return LoadedModel(hf, hf.family, lambda text: hf.tokenizer(text)["input_ids"], path)
+
+
+
+def unique_weight_names(model: nn.Module) -> list[str]:
+    """State-dict names, one per storage: a tied alias (GPT-2's ``lm_head`` is its ``wte``) is
+    listed once, under its first name."""
+    seen: set[tuple[int, int]] = set()
+    names = []
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key not in seen:
+            seen.add(key)
+            names.append(name)
+    return names
+
+
+def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of a model's state without tied aliases, so a delta or a patch never counts or
+    edits the same weights twice."""
+    state = model.state_dict()
+    return {name: state[name].detach().cpu().clone() for name in unique_weight_names(model)}
+
+
+def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load what ``weights_of`` returned: tied aliases are restored through their first name."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = sorted(set(missing) & set(unique_weight_names(model)))
+    if missing or unexpected:
+        raise CheckpointError(f"weights do not fit the model (missing {missing[:3]}, unexpected {sorted(unexpected)[:3]}); "
+                              "they were saved from a different architecture.")

@@ -13,6 +13,7 @@ A run directory is the unit of reproducibility:
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -31,6 +32,7 @@ from .errors import ConfigError, RunDirError
 from .evaluate import accuracy_table
 from .io.atomic import json_safe, write_json, write_safetensors, write_text
 from .model import ModelConfig, TinyLM
+from .models import LoadedModel, load_model, load_weights, weights_of
 from .progress import console
 from .studies import STUDIES, Study
 from .tasks import VOCAB_SIZE, Task
@@ -56,13 +58,16 @@ class RunConfig(Config):
     pretrain: TrainConfig = field(TrainConfig(), "pretraining of the base model")
     eval: EvalConfig = field(EvalConfig(), "evaluation sets")
     studies: dict[str, dict[str, Any]] = field({}, "per-study settings, by study name")
+    model_path: str = field("", "study this model instead of pretraining TinyLM: a taskloc run directory or "
+                                ".safetensors, or a local Hugging Face causal-LM folder with its tokenizer (--model)")
 
     def validate(self) -> None:
         if self.model.vocab_size != VOCAB_SIZE:
             raise ConfigError(f"model.vocab_size={self.model.vocab_size} must equal the task vocabulary size {VOCAB_SIZE}.")
 
 
-def resolve_config(preset: str, config_file: Optional[Path] = None, overrides: tuple[str, ...] = ()) -> RunConfig:
+def resolve_config(preset: str, config_file: Optional[Path] = None, overrides: tuple[str, ...] = (),
+                   model_path: Optional[Path] = None) -> RunConfig:
     data = load_preset(preset)
     if config_file is not None:
         data = _deep_merge(data, load_config_file(config_file))
@@ -70,6 +75,8 @@ def resolve_config(preset: str, config_file: Optional[Path] = None, overrides: t
     if "preset" in data:
         raise ConfigError("'preset' is chosen with --preset, not set in a config file or with --set.")
     data["preset"] = preset
+    if model_path is not None:
+        data["model_path"] = str(Path(model_path).resolve())
     if isinstance(data.get("model", {}), dict):
         data.setdefault("model", {}).setdefault("vocab_size", VOCAB_SIZE)
     return RunConfig.from_dict(data)
@@ -85,8 +92,10 @@ def _deep_merge(a: dict, b: dict) -> dict:
 class RunContext:
     """What a study sees: the config, the device, the tasks, cached artefacts and a log."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, device: torch.device, tasks: list[Task]) -> None:
+    def __init__(self, run_dir: Path, cfg: RunConfig, device: torch.device, tasks: list[Task],
+                 source: Optional[LoadedModel] = None) -> None:
         self.run_dir, self.cfg, self.device, self.tasks = run_dir, cfg, device, tasks
+        self.source = source  # the model given with --model; None: pretrain the embedded TinyLM
         self._base: Optional[tuple[TinyLM, list[dict]]] = None
 
     def log(self, record: dict[str, Any]) -> None:
@@ -99,8 +108,19 @@ class RunContext:
         return path
 
     def new_model(self, seed: Optional[int] = None) -> TinyLM:
+        """A model of the base's architecture: a fresh TinyLM, or a copy of the --model model
+        (whose weights callers replace with ``load_weights``)."""
+        if self.source is not None:
+            return copy.deepcopy(self.source.model)
         torch.manual_seed(self.cfg.seed if seed is None else seed)
         return TinyLM(self.cfg.model).to(self.device)
+
+    @property
+    def base_label(self) -> str:
+        """What the base is, for notes and captions."""
+        if self.source is None:
+            return f"TinyLM pretrained for {self.cfg.pretrain.steps} steps on levels {self.cfg.data.train_levels}"
+        return f"{self.source.kind} model from {self.source.source}"
 
     def accuracy(self, model: TinyLM, levels: Optional[list[int]] = None, tasks: Optional[list[Task]] = None):
         levels = levels or self.cfg.data.train_levels + self.cfg.data.ood_levels
@@ -109,7 +129,10 @@ class RunContext:
     def base_model(self) -> tuple[TinyLM, list[dict]]:
         """The pretrained base and its learning curve; trained once per config, then loaded."""
         if self._base is None:
-            self._base = self._load_or_pretrain()
+            if self.source is not None:  # given, not trained: its "learning curve" is one evaluation
+                self._base = (self.source.model, [{"step": 0, "accuracy": self.accuracy(self.source.model)}])
+            else:
+                self._base = self._load_or_pretrain()
         return self._base
 
     @property
@@ -132,11 +155,11 @@ class RunContext:
         if final.exists():
             return load_model_tensors(final)
         model = self.new_model()
-        model.load_state_dict(start)
+        load_weights(model, start)
         checkpoint = folder / "checkpoint.safetensors"
         train(model, train_cfg, mixture, checkpoint=checkpoint, mask=mask, label=label,
               meta={"kind": "finetune", "key": blob}, log=lambda r: None)
-        tensors = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        tensors = weights_of(model)
         write_safetensors(final, tensors, {"taskloc": blob})
         checkpoint.unlink(missing_ok=True)
         return tensors
@@ -203,12 +226,14 @@ def resolve_studies(names: list[str], cfg: RunConfig) -> list[tuple[Study, Confi
 
 
 def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path] = None,
-                config_file: Optional[Path] = None, overrides: tuple[str, ...] = (), device: str = "auto") -> Path:
+                config_file: Optional[Path] = None, overrides: tuple[str, ...] = (), device: str = "auto",
+                model: Optional[Path] = None) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
-    cfg = resolve_config(preset, config_file, tuple(overrides))
+    cfg = resolve_config(preset, config_file, tuple(overrides), model)
     plan = resolve_studies(list(names), cfg)
     tasks = cfg.data.load_tasks()
     dev = pick_device(device)
+    source = load_study_model(Path(cfg.model_path), device) if cfg.model_path else None
     run_dir = Path(out) if out is not None else Path("runs") / preset
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file; pass a directory for the run.")
@@ -223,7 +248,7 @@ def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         write_text(run_dir / "config.json", config_json)
-        ctx = RunContext(run_dir, cfg, dev, tasks)
+        ctx = RunContext(run_dir, cfg, dev, tasks, source)
         results, timings = {}, {}
         for study, study_cfg in plan:
             started = time.perf_counter()
@@ -241,6 +266,18 @@ def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return run_dir
+
+
+def load_study_model(path: Path, device: str) -> LoadedModel:
+    """The --model model, checked for what studies need: next-token logits and a way to encode
+    task text. Fails here, before a run directory exists."""
+    loaded = load_model(path, device)
+    kind = getattr(loaded.model, "kind", "causal-lm")
+    if kind != "causal-lm":
+        raise ConfigError(f"{path} is a {loaded.kind} {kind}; studies train and score next-token answers, "
+                          "so they need a causal LM (a taskloc TinyLM, or a Llama, Qwen2 or GPT-2 folder).")
+    getattr(loaded.model, "codec", None)  # raises when an HF model has no usable tokenizer
+    return loaded
 
 
 def _run_cached(ctx: RunContext, study: Study, study_cfg: Config) -> dict[str, Any]:

@@ -23,8 +23,9 @@ from .data import TaskMixture
 from .errors import ConfigError
 from .io.atomic import write_json, write_safetensors
 from .model import TinyLM
+from .models import load_weights, weights_of
 from .progress import progress_bar
-from .tasks import encode_batch
+from .tasks import codec_of
 
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
 
@@ -87,7 +88,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 
 
 def save_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer, step: int, history: list, meta: dict) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in weights_of(model).items()}
     tensors.update(_optimizer_tensors(opt))
     metadata = {"step": str(step), "history": json.dumps(history), **{k: str(v) for k, v in meta.items()}}
     write_safetensors(path, tensors, metadata)
@@ -97,7 +98,7 @@ def load_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer) -> tu
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
     return int(meta["step"]), json.loads(meta["history"])
 
@@ -125,6 +126,7 @@ def train(
                 no weight decay or numerical drift can move them.
     """
     device = next(model.parameters()).device
+    codec = codec_of(model)
     params = dict(model.named_parameters())
     if mask is not None:
         unknown = sorted(set(mask) - set(params))
@@ -142,7 +144,7 @@ def train(
     model.train()
     with progress_bar(label, total=cfg.steps, completed=start) as advance:
         for step in range(start, cfg.steps):
-            inputs, labels, ans = (t.to(device) for t in encode_batch(
+            inputs, labels, ans = (t.to(device) for t in codec.encode_batch(
                 [(e.prompt, e.target) for e in mixture.batch(step, cfg.batch_size)]))
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)

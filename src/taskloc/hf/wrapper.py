@@ -18,9 +18,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..errors import DataError, UnsupportedModelError
 from ..hooks import HookPoint, name_sites
 from ..hooks import site_names as _site_names
+from ..tasks.codec import TokenizerCodec
 from . import attention
 from .families import FAMILIES, Family
 
@@ -100,6 +101,7 @@ class HFModel(nn.Module):
             kind = "encoder" if hf.base_model is hf else "masked-lm" if self.spec.kind == "encoder" else "causal-lm"
         self.kind = kind
         self.tokenizer = tokenizer
+        self._codec: Optional[TokenizerCodec] = None
         self.hf = hf
         layers = _get(hf.base_model, self.spec.layers)
         self.blocks = nn.ModuleList(BlockSites() for _ in layers)
@@ -213,6 +215,10 @@ class HFModel(nn.Module):
         Returns logits (B, T, V), or the final hidden states (B, T, D) for a bare encoder."""
         device = self.device
         kwargs = {"input_ids": input_ids.to(device)}
+        if attention_mask is None and self.kind == "causal-lm":
+            # Right-padded batches need no mask under causal attention (a pad is only seen by
+            # positions after it); an explicit all-ones mask says so and keeps HF from warning.
+            attention_mask = torch.ones_like(input_ids)
         if attention_mask is not None:
             kwargs["attention_mask"] = attention_mask.to(device)
         if self.kind == "causal-lm":
@@ -222,6 +228,17 @@ class HFModel(nn.Module):
 
     def site_names(self) -> list[str]:
         return _site_names(self)
+
+    @property
+    def codec(self) -> TokenizerCodec:
+        """How task text becomes this model's ids (training and exact-match scoring use it)."""
+        if self._codec is None:
+            source = f"this {self.family} model"
+            if self.tokenizer is None:
+                raise DataError(f"{source} has no tokenizer, so task text cannot be encoded; "
+                                "add the tokenizer files (tokenizer.json, tokenizer_config.json) to its folder.")
+            self._codec = TokenizerCodec(self.tokenizer, source)
+        return self._codec
 
     @property
     def device(self) -> torch.device:

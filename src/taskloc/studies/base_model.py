@@ -61,8 +61,9 @@ class BaseModelStudy(Study):
         trained = [str(lv) for lv in ctx.cfg.data.train_levels]
         ood = [str(lv) for lv in ctx.cfg.data.ood_levels]
         tasks = list(acc)
+        pretrained = ctx.source is None  # else the --model model, evaluated as given
         result = StudyResult(metrics={"accuracy": acc, "parameters": model.num_params(),
-                                      "pretrain_steps": ctx.cfg.pretrain.steps})
+                                      "pretrain_steps": ctx.cfg.pretrain.steps if pretrained else None})
 
         # Precondition 1: every trained cell at or above the competence bar.
         worst_task, worst_level, worst = weakest_trained_cell(acc, ctx.cfg.data.train_levels)
@@ -93,21 +94,8 @@ class BaseModelStudy(Study):
             [[_rate(acc[t][lv]) if lv in acc[t] else float("nan") for lv in levels] for t in tasks],
             col_groups={"trained": [f"L{lv}" for lv in trained], "OOD": [f"L{lv}" for lv in ood]},
             caption=f"{ctx.cfg.eval.examples} fixed examples per cell; greedy decoding, exact match."))
-        steps = [h["step"] for h in history]
-        series = []
-        for t in tasks:
-            series.append({"label": t, "x": steps, "y": [_mean_rate([h["accuracy"][t][lv] for lv in trained if lv in h["accuracy"][t]])
-                                                           for h in history]})
-        result.figures.append(lines_figure(
-            "learning-curves", "Pretraining: accuracy on trained levels", "step", "exact match",
-            series, ylim=(-0.02, 1.02), caption="Mean over trained levels, evaluated every eval_every steps."))
-        if ood:
-            tr = [_mean_rate([h["accuracy"][t][lv] for t in tasks for lv in trained if lv in h["accuracy"][t]]) for h in history]
-            od = [_mean_rate([h["accuracy"][t][lv] for t in tasks for lv in ood if lv in h["accuracy"][t]]) for h in history]
-            result.figures.append(lines_figure(
-                "trained-vs-ood", "Pretraining: trained vs OOD levels", "step", "exact match (pooled)",
-                [{"label": "trained levels", "x": steps, "y": tr}, {"label": "OOD levels", "x": steps, "y": od, "style": "--"}],
-                ylim=(-0.02, 1.02)))
+        if len(history) > 1:
+            result.figures.extend(_learning_curves(history, tasks, trained, ood))
         groups = []
         for label, lvls in (("trained", trained), ("OOD", ood)):
             vals, lo, hi = [], [], []
@@ -127,10 +115,35 @@ class BaseModelStudy(Study):
         if any(name.startswith("jsonl:") for name in ctx.cfg.data.tasks):
             result.notes.append("Tasks read from JSONL files are evaluated on examples drawn from the same file they "
                                 "are trained on: their accuracy measures fitting that file, not generalisation.")
-        result.notes.append(f"TinyLM with {model.num_params():,} parameters, pretrained for {ctx.cfg.pretrain.steps} steps "
-                            f"of {ctx.cfg.pretrain.batch_size} examples on levels {', '.join(trained)}; "
-                            f"levels {', '.join(ood) or 'none'} are never trained on.")
+        if pretrained:
+            result.notes.append(f"TinyLM with {model.num_params():,} parameters, pretrained for {ctx.cfg.pretrain.steps} steps "
+                                f"of {ctx.cfg.pretrain.batch_size} examples on levels {', '.join(trained)}; "
+                                f"levels {', '.join(ood) or 'none'} are never trained on.")
+        else:
+            result.notes.append(f"The {ctx.base_label} ({model.num_params():,} parameters), evaluated as given: "
+                                f"'trained' levels {', '.join(trained)} are the levels the studies fine-tune on, which "
+                                "this model may never have seen.")
         return result
+
+
+def _learning_curves(history: list[dict], tasks: list[str], trained: list[str], ood: list[str]) -> list[dict]:
+    """Pretraining curves: per task on trained levels, and pooled trained vs OOD."""
+    steps = [h["step"] for h in history]
+    series, figures = [], []
+    for t in tasks:
+        series.append({"label": t, "x": steps, "y": [_mean_rate([h["accuracy"][t][lv] for lv in trained if lv in h["accuracy"][t]])
+                                                       for h in history]})
+    figures.append(lines_figure(
+        "learning-curves", "Pretraining: accuracy on trained levels", "step", "exact match",
+        series, ylim=(-0.02, 1.02), caption="Mean over trained levels, evaluated every eval_every steps."))
+    if ood:
+        tr = [_mean_rate([h["accuracy"][t][lv] for t in tasks for lv in trained if lv in h["accuracy"][t]]) for h in history]
+        od = [_mean_rate([h["accuracy"][t][lv] for t in tasks for lv in ood if lv in h["accuracy"][t]]) for h in history]
+        figures.append(lines_figure(
+            "trained-vs-ood", "Pretraining: trained vs OOD levels", "step", "exact match (pooled)",
+            [{"label": "trained levels", "x": steps, "y": tr}, {"label": "OOD levels", "x": steps, "y": od, "style": "--"}],
+            ylim=(-0.02, 1.02)))
+    return figures
 
 
 def _mean_rate(cells: list[list[int]]) -> float:

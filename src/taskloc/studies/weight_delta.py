@@ -36,6 +36,7 @@ from ..deltas import concentration_curve, gaussian_null_curve, global_topk_mask
 from ..deltas.inmemory import random_mask, tensor_profile
 from ..errors import ConfigError
 from ..evaluate import exact_match
+from ..models import load_weights, weights_of
 from ..progress import progress_bar
 from ..stats import NAN_INTERVAL, bootstrap_mean
 from ..tasks import get_task
@@ -156,14 +157,14 @@ class WeightDeltaStudy(Study):
     def run(self, ctx, cfg: WeightDeltaConfig) -> StudyResult:
         base_model, _ = ctx.base_model()
         # Every state dict in this study lives on the CPU; only the evaluation model is on ctx.device.
-        base = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
+        base = weights_of(base_model)
         level = self.target_level(cfg, ctx.cfg)
         levels = sorted(set(ctx.cfg.data.train_levels) | {level})
         tasks = [get_task(t) for t in cfg.tasks]
         scorer = ctx.new_model()
 
         def accuracy(state: StateDict, task) -> np.ndarray:
-            scorer.load_state_dict(state)
+            load_weights(scorer, state)
             return exact_match(scorer, eval_examples(task, level, ctx.cfg.eval.examples, ctx.cfg.eval.seed)).numpy()
 
         def ft(task, seed, regime, mixture=None, mask=None):

@@ -4,7 +4,10 @@ from __future__ import annotations
 from . import synthetic  # noqa: F401  (registers the built-in tasks)
 from .base import TASKS, Example, Task
 from .jsonl import JsonlTask
-from .vocab import EOS, PAD, VOCAB_SIZE, decode, encode, encode_batch
+from .codec import CHAR_CODEC, TokenizerCodec, codec_of
+from .vocab import EOS, PAD, VOCAB_SIZE, decode, encode
+
+encode_batch = CHAR_CODEC.encode_batch  # TinyLM's packing of (prompt, target) pairs
 
 JSONL_PREFIX = "jsonl:"
 
@@ -20,4 +23,4 @@ def task_names() -> list[str]:
 
 
 __all__ = ["TASKS", "Example", "Task", "JsonlTask", "get_task", "task_names", "encode", "decode",
-           "encode_batch", "EOS", "PAD", "VOCAB_SIZE"]
+           "encode_batch", "codec_of", "TokenizerCodec", "EOS", "PAD", "VOCAB_SIZE"]
