@@ -75,11 +75,13 @@ def _heatmap(spec: dict[str, Any]):
     for name, members in groups.items():
         idx = [cols.index(m) for m in members if m in cols]
         if idx:
-            ax.annotate(name, xy=((min(idx) + max(idx)) / 2, -0.9), xycoords="data", ha="center",
-                        fontsize=9, fontweight="bold", annotation_clip=False)
+            # x in data units (centred over the group), y just above the axes whatever the row count
+            ax.annotate(name, xy=((min(idx) + max(idx)) / 2, 1.0), xycoords=ax.get_xaxis_transform(), ha="center",
+                        va="bottom", xytext=(0, 3), textcoords="offset points", fontsize=9, fontweight="bold",
+                        annotation_clip=False)
             if min(idx) > 0:
                 ax.axvline(min(idx) - 0.5, color="white", linewidth=2)
-    ax.set_title(spec["title"], pad=22 if groups else 6)
+    ax.set_title(spec["title"], pad=20 if groups else 6)
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     return fig
 

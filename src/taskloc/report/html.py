@@ -75,7 +75,9 @@ def _figure(spec: dict[str, Any]) -> str:
 
 def build_html(document: dict[str, Any]) -> str:
     parts = [f"<h1>taskloc report</h1><p class='sub'>preset <b>{html.escape(document['preset'])}</b> · "
-             f"seed {document['config']['seed']} · taskloc {html.escape(document['taskloc_version'])}</p>",
+             f"seed {document['config']['seed']} · taskloc {html.escape(document['taskloc_version'])}"
+             + (f" · model <code>{html.escape(document['config']['model_path'])}</code>" if document["config"].get("model_path") else "")
+             + "</p>",
              "<h2>Verdicts</h2>", _verdict_table(document["claims"])]
     for name, result in document["studies"].items():
         parts.append(f"<h2>Study: {html.escape(name)}</h2>")

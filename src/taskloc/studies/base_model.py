@@ -51,7 +51,7 @@ def base_is_competent(ctx) -> tuple[bool, str]:
 @STUDIES.register("base-model")
 class BaseModelStudy(Study):
     name = "base-model"
-    summary = "pretrain TinyLM on the synthetic task mixture; accuracy per task and level, trained vs OOD"
+    summary = "pretrain TinyLM on the synthetic task mixture (or take --model); accuracy per task and level, trained vs OOD"
     claims = ()
     Config = BaseModelConfig
 
@@ -69,7 +69,7 @@ class BaseModelStudy(Study):
         worst_task, worst_level, worst = weakest_trained_cell(acc, ctx.cfg.data.train_levels)
         ood_rate = _mean_rate([acc[t][lv] for t in tasks for lv in ood if lv in acc[t]])
         result.claims.append(Claim(
-            id="base-competent", statement=f"the pretrained base reaches {cfg.competence:.0%} exact match on every trained (task, level)",
+            id="base-competent", statement=f"the base model reaches {cfg.competence:.0%} exact match on every trained (task, level)",
             verdict="pass" if _rate(worst) >= cfg.competence else "fail",
             measure=f"weakest trained cell ({worst_task}, level {worst_level}) accuracy", value=_rate(worst),
             interval=wilson(*worst), control=f"for reference, OOD levels {', '.join(ood) or '-'}: pooled accuracy {ood_rate:.3f}",
