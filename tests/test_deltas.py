@@ -173,7 +173,7 @@ def test_threaded_sweeps_give_the_same_report(monkeypatch):
     base, tuned = _structured(seed=5)
     reports = []
     for workers in (1, 2):
-        monkeypatch.setattr(analysis, "_idle_cpus", lambda most, w=workers: w)
+        monkeypatch.setenv("TASKLOC_THREADS", str(workers))
         reports.append(_check_against_sorting(base, tuned, "2%"))
     one, two = (asdict(r) for r in reports)
     one.pop("timings"), two.pop("timings")

@@ -36,7 +36,7 @@ def test_sites_on_hf_folder_without_tokenizer_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["sites", str(tmp_path)])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "has no tokenizer files" in err and len(err.strip().splitlines()) == 1
+    assert exc.value.code == 2 and "has no tokenizer" in err and len(err.strip().splitlines()) == 1
 
 
 def test_safetensors_without_taskloc_metadata_is_refused(tmp_path, capsys):

@@ -9,7 +9,10 @@ import torch
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer, models  # noqa: E402
 
+from safetensors.torch import load_file  # noqa: E402
+
 from taskloc.cli import main  # noqa: E402
+from taskloc.io import MemoryCheckpoint, fingerprint  # noqa: E402
 from taskloc.hf import load_hf_model  # noqa: E402
 from taskloc.models import load_weights, weights_of  # noqa: E402
 from taskloc.tasks import codec_of  # noqa: E402
@@ -66,6 +69,38 @@ def test_codec_encodes_answers_with_the_models_tokenizer(hf_folder):
     assert labels[1, mask[1]].tolist() == tok("12", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
 
 
+def _metaspace_tokenizer(bos: bool):
+    """A SentencePiece-style tokenizer (Llama-2, Mistral): a word start is marked with "▁", which
+    tokenizing a target on its own would wrongly add; optionally a BOS it puts first itself."""
+    from tokenizers import decoders, pre_tokenizers, processors
+
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + ["<s>", "\u2581"] + CHARS)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                                                unk_token="<unk>", bos_token="<s>")
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_answer_ids_are_the_targets_tokens_in_context(bos):
+    from taskloc.tasks import TokenizerCodec
+
+    tok = _metaspace_tokenizer(bos)
+    codec = TokenizerCodec(tok)
+    inputs, labels, mask = codec.encode_batch([("A:1+2=", "3"), ("S:21>", "12")])
+    for row, (prompt, target) in enumerate([("A:1+2=", "3"), ("S:21>", "12")]):
+        joint = tok(prompt + target, add_special_tokens=False)["input_ids"]
+        alone = tok(prompt, add_special_tokens=False)["input_ids"]
+        assert tok.convert_ids_to_tokens(labels[row, mask[row]].tolist()) == list(target) + ["<eos>"]  # no "▁"
+        assert labels[row, mask[row]].tolist() == joint[len(alone):] + [tok.eos_token_id]
+        start = [tok.convert_tokens_to_ids("<s>")] if bos else []  # the tokenizer's own BOS, nothing invented
+        assert inputs[row, : len(start) + len(alone)].tolist() == start + alone
+    assert tok.convert_ids_to_tokens(tok("3", add_special_tokens=False)["input_ids"])[0] == "\u2581"  # the trap avoided
+
+
 def test_weights_without_tied_aliases_round_trip():
     torch.manual_seed(0)
     model = _build("gpt2", 100)  # GPT-2 ties lm_head to wte
@@ -100,9 +135,25 @@ def test_studies_run_on_a_tinylm_from_an_earlier_run(tmp_path, capsys):
     assert _run(["base-model", "--preset", "quick", "--out", str(first)], capsys)[0] == 0
     second = tmp_path / "second"
     assert _run(["base-model", "--preset", "quick", "--model", str(first), "--out", str(second)], capsys)[0] == 0
-    a = json.loads((first / "results.json").read_text())["studies"]["base-model"]["metrics"]["accuracy"]
-    b = json.loads((second / "results.json").read_text())["studies"]["base-model"]["metrics"]["accuracy"]
-    assert a == b  # the same weights score the same on the same evaluation sets
+    a = json.loads((first / "results.json").read_text())["studies"]["base-model"]["metrics"]
+    b = json.loads((second / "results.json").read_text())["studies"]["base-model"]["metrics"]
+    base_file = next(first.glob("artefacts/base-*/model.safetensors"))
+    # the second run studied exactly the first run's weights (content fingerprint), and scores them the same
+    assert a["model_fingerprint"] is None
+    assert b["model_fingerprint"] == fingerprint(MemoryCheckpoint(load_file(str(base_file))))
+    assert a["accuracy"] == b["accuracy"]
+
+
+def test_a_run_directory_without_a_base_is_named(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _run(["base-model", "--preset", "quick", "--out", str(first)], capsys)[0] == 0
+    for folder in first.glob("artefacts/base-*"):
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    code, err = _run(["--preset", "quick", "--model", str(first), "--out", str(tmp_path / "second")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "run directory without a finished base model" in err and not (tmp_path / "second").exists()
 
 
 def test_a_bert_encoder_is_refused_for_studies(tmp_path, capsys):
@@ -119,3 +170,13 @@ def test_a_model_without_tokenizer_is_refused_for_studies(tmp_path, capsys):
     code, err = _run(["--preset", "quick", "--model", str(tmp_path / "gpt2"), "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "no tokenizer" in err and not (tmp_path / "run").exists()
+
+
+def test_weights_of_another_architecture_are_one_clear_error():
+    from taskloc.errors import CheckpointError
+    from taskloc.model import ModelConfig, TinyLM
+
+    small, wide = TinyLM(ModelConfig(d_model=32, n_head=2)), TinyLM(ModelConfig(d_model=64, n_head=2))
+    with pytest.raises(CheckpointError) as exc:
+        load_weights(small, weights_of(wide))
+    assert "\n" not in str(exc.value) and "do not fit" in str(exc.value) and "size mismatch" in str(exc.value)

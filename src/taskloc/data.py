@@ -78,7 +78,10 @@ class TaskMixture:
         return out
 
     def fingerprint(self) -> str:
-        blob = repr(([(t.name, lv) for t, lv in self.cells], self.seed, self.probs.round(12).tolist())).encode()
+        """Identifies the data: cells, seed, weights, and a sample of the examples themselves, so a
+        changed task generator never reuses artefacts trained on the old one."""
+        sample = [(e.prompt, e.target) for e in self.batch(0, 16)]
+        blob = repr(([(t.name, lv) for t, lv in self.cells], self.seed, self.probs.round(12).tolist(), sample)).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -23,6 +23,7 @@ from .attention import ATTENTION
 from .config import Config, field
 from .errors import ConfigError
 from .hooks import HookPoint, name_sites
+from .tasks.codec import CHAR_CODEC
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B, H, T_past, Dh)
 
@@ -153,6 +154,8 @@ class FinalNorm(nn.LayerNorm):
 
 
 class TinyLM(nn.Module):
+    codec = CHAR_CODEC  # TinyLM reads taskloc's character vocabulary
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -15,6 +15,7 @@ from torch import nn
 
 from .device import pick_device
 from .errors import CheckpointError, DataError
+from .tasks.codec import no_tokenizer_message
 from .model import ModelConfig, TinyLM
 
 
@@ -35,7 +36,19 @@ def _tinylm_file(path: Path) -> Optional[Path]:
             return candidates[0]
         if len(candidates) > 1:
             raise CheckpointError(f"{path} holds {len(candidates)} base models ({', '.join(str(c) for c in candidates)}); pass one file.")
+        if _is_run_config(path / "config.json"):
+            raise CheckpointError(f"{path} is a taskloc run directory without a finished base model (still pretraining, "
+                                  "or a run on --model); pass a run that pretrained its base, or the model itself.")
     return None
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether a folder's config.json is a taskloc run's (an HF config has model_type instead)."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "preset" in cfg and "pretrain" in cfg and "model_type" not in cfg
 
 
 def load_tinylm(path: Path, device: torch.device) -> TinyLM:
@@ -62,7 +75,9 @@ def load_tinylm(path: Path, device: torch.device) -> TinyLM:
     return model.to(device).eval()
 
 
-def load_model(path: Path, device: str = "auto") -> LoadedModel:
+def load_model(path: Path, device: str = "auto", dtype: Optional[torch.dtype] = None) -> LoadedModel:
+    """dtype: None keeps a Hugging Face checkpoint's own dtype on an accelerator (float32 on CPU);
+    studies that train pass float32."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"model path {path} does not exist; pass a taskloc run directory, a taskloc .safetensors or a Hugging Face folder.")
@@ -74,13 +89,12 @@ def load_model(path: Path, device: str = "auto") -> LoadedModel:
         return LoadedModel(load_tinylm(tiny, dev), "tinylm", encode, tiny)
     from .hf import load_hf_model
 
-    hf = load_hf_model(path, device=device)
+    hf = load_hf_model(path, device=device, dtype=dtype)
     if hf.tokenizer is None:
         def no_tokenizer(text: str) -> list[int]:
-            raise DataError(f"{path} has no tokenizer files, so text prompts cannot be encoded; add the tokenizer to the folder.")
+            raise DataError(no_tokenizer_message(str(path)))
         return LoadedModel(hf, hf.family, no_tokenizer, path)
     return LoadedModel(hf, hf.family, lambda text: hf.tokenizer(text)["input_ids"], path)
-
 
 
 def unique_weight_names(model: nn.Module) -> list[str]:
@@ -105,7 +119,12 @@ def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Load what ``weights_of`` returned: tied aliases are restored through their first name."""
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shape mismatches: a multi-line message; keep its first detail
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        raise CheckpointError(f"weights do not fit the model ({lines[1] if len(lines) > 1 else lines[0]}); "
+                              "they were saved from a different architecture.") from None
     missing = sorted(set(missing) & set(unique_weight_names(model)))
     if missing or unexpected:
         raise CheckpointError(f"weights do not fit the model (missing {missing[:3]}, unexpected {sorted(unexpected)[:3]}); "

@@ -30,13 +30,14 @@ from .data import DataConfig, TaskMixture
 from .device import pick_device
 from .errors import ConfigError, RunDirError
 from .evaluate import accuracy_table
+from .io import MemoryCheckpoint, fingerprint
 from .io.atomic import json_safe, write_json, write_safetensors, write_text
 from .model import ModelConfig, TinyLM
 from .models import LoadedModel, load_model, load_weights, weights_of
 from .progress import console
 from .studies import STUDIES, Study
-from .tasks import VOCAB_SIZE, Task
-from .train import TrainConfig, train
+from .tasks import VOCAB_SIZE, Task, codec_of
+from .train import TrainConfig, checkpoint_step, train
 
 
 @dataclass
@@ -76,7 +77,9 @@ def resolve_config(preset: str, config_file: Optional[Path] = None, overrides: t
         raise ConfigError("'preset' is chosen with --preset, not set in a config file or with --set.")
     data["preset"] = preset
     if model_path is not None:
-        data["model_path"] = str(Path(model_path).resolve())
+        data["model_path"] = str(model_path)
+    if data.get("model_path"):  # from --model, a config file or --set: one spelling per model
+        data["model_path"] = str(Path(str(data["model_path"])).expanduser().resolve())
     if isinstance(data.get("model", {}), dict):
         data.setdefault("model", {}).setdefault("vocab_size", VOCAB_SIZE)
     return RunConfig.from_dict(data)
@@ -96,11 +99,29 @@ class RunContext:
                  source: Optional[LoadedModel] = None) -> None:
         self.run_dir, self.cfg, self.device, self.tasks = run_dir, cfg, device, tasks
         self.source = source  # the model given with --model; None: pretrain the embedded TinyLM
+        # content fingerprint of the --model weights (sampled bytes of every tensor; milliseconds)
+        self.source_fingerprint = fingerprint(MemoryCheckpoint(weights_of(source.model))) if source else None
         self._base: Optional[tuple[TinyLM, list[dict]]] = None
 
     def log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(record) + "\n")
+
+    def _forget_log_after(self, phase: str, step: int) -> None:
+        """Drop the log lines of ``phase`` past ``step`` that a killed run wrote after its last
+        checkpoint, so a resumed run's metrics.jsonl has each step once."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by the kill
+                continue
+            if not _logged_after(record, phase, step):
+                kept.append(line)
+        write_text(path, "".join(line + "\n" for line in kept))
 
     def artefact_dir(self, kind: str, fingerprint: str) -> Path:
         path = self.run_dir / "artefacts" / f"{kind}-{fingerprint}"
@@ -114,13 +135,6 @@ class RunContext:
             return copy.deepcopy(self.source.model)
         torch.manual_seed(self.cfg.seed if seed is None else seed)
         return TinyLM(self.cfg.model).to(self.device)
-
-    @property
-    def base_label(self) -> str:
-        """What the base is, for notes and captions."""
-        if self.source is None:
-            return f"TinyLM pretrained for {self.cfg.pretrain.steps} steps on levels {self.cfg.data.train_levels}"
-        return f"{self.source.kind} model from {self.source.source}"
 
     def accuracy(self, model: TinyLM, levels: Optional[list[int]] = None, tasks: Optional[list[Task]] = None):
         levels = levels or self.cfg.data.train_levels + self.cfg.data.ood_levels
@@ -139,8 +153,9 @@ class RunContext:
     def base_key(self) -> str:
         cfg = self.cfg
         key = Config.fingerprint(_Key(cfg.seed, cfg.model, cfg.data, cfg.pretrain, cfg.eval))
-        digests = [t.digest for t in self.tasks if getattr(t, "digest", None)]  # task files' contents
-        return hashlib.sha256((key + "".join(digests)).encode()).hexdigest()[:16] if digests else key
+        # the examples themselves (task files' contents, generator code) enter through the data
+        data = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed, cfg.data.weights).fingerprint()
+        return hashlib.sha256((key + data).encode()).hexdigest()[:16]
 
     def finetune(self, label: str, key: dict[str, Any], start: dict[str, torch.Tensor], mixture: Any,
                  train_cfg: TrainConfig, mask: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
@@ -148,13 +163,14 @@ class RunContext:
         Returns the tuned weights on the CPU. ``key`` names what makes this run different from
         others (task, seed, regime); the start weights, the mask, the training config and the data
         fingerprint are hashed into it here, so a changed ingredient never reuses a stale run."""
+        model = self.new_model()
         blob = json.dumps({**key, "start": _tensor_digest(start), "mask": _tensor_digest(mask) if mask else None,
-                           "train": train_cfg.to_dict(), "data": mixture.fingerprint()}, sort_keys=True)
+                           "train": train_cfg.to_dict(), "data": mixture.fingerprint(),
+                           "codec": codec_of(model).fingerprint}, sort_keys=True)
         folder = self.artefact_dir("ft", hashlib.sha256(blob.encode()).hexdigest()[:16])
         final = folder / "model.safetensors"
         if final.exists():
             return load_model_tensors(final)
-        model = self.new_model()
         load_weights(model, start)
         checkpoint = folder / "checkpoint.safetensors"
         train(model, train_cfg, mixture, checkpoint=checkpoint, mask=mask, label=label,
@@ -170,20 +186,26 @@ class RunContext:
         final = folder / "model.safetensors"
         model = self.new_model()
         if final.exists():
-            model.load_state_dict(load_model_tensors(final))
+            load_weights(model, load_model_tensors(final))
             return model, json.loads((folder / "history.json").read_text())
         mixture = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed, cfg.data.weights)
         checkpoint = folder / "checkpoint.safetensors"
+        if checkpoint.exists():  # resuming: the steps after the checkpoint are logged again
+            self._forget_log_after("pretrain base", checkpoint_step(checkpoint))
         history = train(model, cfg.pretrain, mixture, checkpoint=checkpoint,
                         evaluate=lambda m: {"accuracy": self.accuracy(m)}, label="pretrain base",
                         meta={"kind": "pretrain", "data_hash": mixture.fingerprint()},
                         log=lambda r: self.log(r) if r["step"] % 10 == 0 else None)
         write_json(folder / "history.json", history)
-        write_safetensors(final, model.state_dict(), {
+        write_safetensors(final, weights_of(model), {
             "taskloc": json.dumps({"kind": "base", "model": cfg.model.to_dict(), "step": cfg.pretrain.steps,
                                    "data_hash": mixture.fingerprint(), "seed": cfg.seed})})
         checkpoint.unlink(missing_ok=True)
         return model, history
+
+
+def _logged_after(record: dict[str, Any], phase: str, step: int) -> bool:
+    return record.get("phase") == phase and isinstance(record.get("step"), int) and record["step"] > step
 
 
 def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -237,7 +259,7 @@ def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path
     run_dir = Path(out) if out is not None else Path("runs") / preset
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file; pass a directory for the run.")
-    config_json = json.dumps(cfg.to_dict(), indent=2, sort_keys=True) + "\n"
+    config_json = json.dumps(_config_record(cfg), indent=2, sort_keys=True) + "\n"
     if (run_dir / "config.json").exists():
         if (run_dir / "config.json").read_text() != config_json:
             raise RunDirError(f"{run_dir} holds a run with a different configuration; pass another --out or delete it.")
@@ -271,18 +293,47 @@ def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path
 def load_study_model(path: Path, device: str) -> LoadedModel:
     """The --model model, checked for what studies need: next-token logits and a way to encode
     task text. Fails here, before a run directory exists."""
-    loaded = load_model(path, device)
+    # float32 whatever the checkpoint's dtype: fine-tuning in bf16/fp16 rounds small late updates
+    # to zero and snaps deltas to a coarse grid, which would bias every concentration figure
+    loaded = load_model(path, device, dtype=torch.float32)
     kind = getattr(loaded.model, "kind", "causal-lm")
     if kind != "causal-lm":
         raise ConfigError(f"{path} is a {loaded.kind} {kind}; studies train and score next-token answers, "
                           "so they need a causal LM (a taskloc TinyLM, or a Llama, Qwen2 or GPT-2 folder).")
-    getattr(loaded.model, "codec", None)  # raises when an HF model has no usable tokenizer
+    codec = codec_of(loaded.model)  # raises when an HF model has no usable tokenizer
+    rows = loaded.model.cfg.vocab_size if isinstance(loaded.model, TinyLM) else loaded.model.hf.get_input_embeddings().num_embeddings
+    if codec.vocab_size > rows:
+        raise ConfigError(f"the tokenizer in {path} has {codec.vocab_size} tokens but the model embeds only {rows}; "
+                          "pass the tokenizer that belongs to this model.")
+    _switch_off_dropout(loaded.model)
     return loaded
+
+
+def _switch_off_dropout(model: torch.nn.Module) -> None:
+    """Studies compare fine-tunes that differ only in what they are asked to vary (task, seed,
+    mask); dropout would add an RNG stream that depends on what ran before. TinyLM has none; an
+    HF model's dropout modules and attention-dropout rates are set to 0."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for attr in ("attention_dropout", "attn_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+
+
+def _config_record(cfg: RunConfig) -> dict[str, Any]:
+    """config.json's content: the resolved config; model_path only when a model was given, so
+    run directories from before that option still resume."""
+    record = cfg.to_dict()
+    if not record.get("model_path"):
+        record.pop("model_path", None)
+    return record
 
 
 def _run_cached(ctx: RunContext, study: Study, study_cfg: Config) -> dict[str, Any]:
     path = ctx.run_dir / "studies" / f"{study.name}.json"
-    key = study_cfg.fingerprint()
+    # a --model folder rewritten in place must not reuse results computed on its old weights
+    key = study_cfg.fingerprint() + (ctx.source_fingerprint or "")
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("config_fingerprint") == key:

@@ -94,6 +94,12 @@ def save_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer, step:
     write_safetensors(path, tensors, metadata)
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step a resumable checkpoint was written at (read from its header only)."""
+    with safe_open(str(path), framework="pt") as f:
+        return int(f.metadata()["step"])
+
+
 def load_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer) -> tuple[int, list]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -207,13 +213,13 @@ def train_sequential(model: TinyLM, phases: list[Phase], folder: Path,
         done = folder / f"{stem}.safetensors"
         history_file = folder / f"{stem}.json"
         if done.exists():
-            model.load_state_dict(load_file(str(done)))
+            load_weights(model, load_file(str(done)))
             histories.append(json.loads(history_file.read_text()))
             continue
         history = train(model, phase.cfg, phase.mixture, checkpoint=folder / f"{stem}.checkpoint.safetensors",
                         evaluate=evaluate, mask=phase.mask, label=phase.label)
         write_json(history_file, history)
-        write_safetensors(done, model.state_dict(), {"phase": str(i), "label": phase.label})
+        write_safetensors(done, weights_of(model), {"phase": str(i), "label": phase.label})
         (folder / f"{stem}.checkpoint.safetensors").unlink(missing_ok=True)
         histories.append(history)
     return histories

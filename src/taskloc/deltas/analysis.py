@@ -223,7 +223,7 @@ class _Stream:
         (the sweeps spend their time in numpy/torch/BLAS calls that release the GIL). Callers
         merge the results into shared state themselves, in order, so the outcome does not
         depend on the timing."""
-        workers = _idle_cpus(WORKERS) if self.device.type == "cpu" else 1
+        workers = _sweep_threads(WORKERS) if self.device.type == "cpu" else 1
         if workers <= 1:
             for i, name in enumerate(names):
                 if i + 1 < len(names):
@@ -502,16 +502,15 @@ def _squared_norm(t: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
 
 
-def _idle_cpus(most: int) -> int:
-    """How many threads can run at once here: CPUs not busy by the 1-minute load average, 1 to
-    ``most``. A second thread on a core someone else keeps busy gains nothing (measured: CPU
-    time / wall time stays 1.0) and costs ~5% in cache traffic."""
+def _sweep_threads(most: int) -> int:
+    """How many sweep threads to run: the CPUs this process may use, at most ``most``;
+    TASKLOC_THREADS overrides (e.g. 1 on a machine shared with a training job, where a second
+    thread on a busy core gains nothing and costs ~5% in cache traffic)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        busy = int(os.getloadavg()[0])
-    except OSError:
-        busy = 0
-    return max(1, min(most, cpus - busy))
+    wanted = os.environ.get("TASKLOC_THREADS", "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        return int(wanted)
+    return max(1, min(most, cpus))
 
 
 def _flags_of(buckets: Sequence[int]) -> np.ndarray:

@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import DataError, UnsupportedModelError
 from ..hooks import HookPoint, name_sites
 from ..hooks import site_names as _site_names
-from ..tasks.codec import TokenizerCodec
+from ..tasks.codec import TokenizerCodec, no_tokenizer_message
 from . import attention
 from .families import FAMILIES, Family
 
@@ -233,10 +233,10 @@ class HFModel(nn.Module):
     def codec(self) -> TokenizerCodec:
         """How task text becomes this model's ids (training and exact-match scoring use it)."""
         if self._codec is None:
-            source = f"this {self.family} model"
+            where = getattr(self.hf.config, "_name_or_path", "") or "memory"
+            source = f"the {self.family} model from {where}"
             if self.tokenizer is None:
-                raise DataError(f"{source} has no tokenizer, so task text cannot be encoded; "
-                                "add the tokenizer files (tokenizer.json, tokenizer_config.json) to its folder.")
+                raise DataError(no_tokenizer_message(source))
             self._codec = TokenizerCodec(self.tokenizer, source)
         return self._codec
 

@@ -1,4 +1,5 @@
-"""base-model: pretrain TinyLM on the task mixture and report what it can do.
+"""base-model: pretrain TinyLM on the task mixture (or take the --model model) and report what
+it can do.
 
 Every other study fine-tunes, probes or steers this model, so this one checks the precondition
 that makes them meaningful: the base solves its trained levels and is clearly worse on the
@@ -63,7 +64,8 @@ class BaseModelStudy(Study):
         tasks = list(acc)
         pretrained = ctx.source is None  # else the --model model, evaluated as given
         result = StudyResult(metrics={"accuracy": acc, "parameters": model.num_params(),
-                                      "pretrain_steps": ctx.cfg.pretrain.steps if pretrained else None})
+                                      "pretrain_steps": ctx.cfg.pretrain.steps if pretrained else None,
+                                      "model_fingerprint": ctx.source_fingerprint})
 
         # Precondition 1: every trained cell at or above the competence bar.
         worst_task, worst_level, worst = weakest_trained_cell(acc, ctx.cfg.data.train_levels)
@@ -94,7 +96,7 @@ class BaseModelStudy(Study):
             [[_rate(acc[t][lv]) if lv in acc[t] else float("nan") for lv in levels] for t in tasks],
             col_groups={"trained": [f"L{lv}" for lv in trained], "OOD": [f"L{lv}" for lv in ood]},
             caption=f"{ctx.cfg.eval.examples} fixed examples per cell; greedy decoding, exact match."))
-        if len(history) > 1:
+        if pretrained:
             result.figures.extend(_learning_curves(history, tasks, trained, ood))
         groups = []
         for label, lvls in (("trained", trained), ("OOD", ood)):
@@ -120,7 +122,7 @@ class BaseModelStudy(Study):
                                 f"of {ctx.cfg.pretrain.batch_size} examples on levels {', '.join(trained)}; "
                                 f"levels {', '.join(ood) or 'none'} are never trained on.")
         else:
-            result.notes.append(f"The {ctx.base_label} ({model.num_params():,} parameters), evaluated as given: "
+            result.notes.append(f"The {ctx.source.kind} model from {ctx.source.source} ({model.num_params():,} parameters), evaluated as given: "
                                 f"'trained' levels {', '.join(trained)} are the levels the studies fine-tune on, which "
                                 "this model may never have seen.")
         return result
