@@ -268,10 +268,11 @@ class _Stream:
                 advance()
 
     def _sweep_tensor(self, name: str, plan: _Plan) -> _Swept:
-        """One tensor's figures (run in a worker thread; touches no shared state). Two sweeps: the
-        moments (exact histogram), then one lookup for the entries of the buckets its own curve
-        and maximum need -- known exactly by then -- and of those pass 1 collects for the global
-        figures. (Recomputing the delta in cache for the second sweep moves less memory than
+        """One tensor's figures (run in a worker thread; touches no shared state). One sweep takes
+        the moments (exact histogram) and the entries of the buckets the plan collects for the
+        global figures. The buckets its own curve and maximum need are known only after it; when
+        some lie outside the plan's (tensors unlike the pooled sample), a second, lookup-only
+        sweep fetches them. (Recomputing the delta in cache for that sweep moves less memory than
         keeping it: the inputs are read again, but nothing tensor-sized is written.)"""
         item, scratch = self.source.load(name), self.thread_scratch()
         shape, n = self.source.shapes[name], self.source.numel(name)
@@ -279,20 +280,23 @@ class _Stream:
             moments, hist = SweepResult(), Histogram.of_zeros(n)
             hits = sweep(item, n, plan.flags, False, scratch) if plan.flags[0] else SweepResult()
         else:
-            moments = sweep(item, n, None, True, scratch, base_squares=item.base is not None)
+            # the moments and the entries of the plan's buckets in one sweep
+            moments = sweep(item, n, plan.flags, True, scratch, base_squares=item.base is not None)
             hist = Histogram.from_moments(moments.counts, moments.low_sum, moments.low_sq)
+            hits = moments
         if hist.has_nonfinite():
             self.source.raise_nonfinite(name, item)
-        if not item.zero:
-            own = self._own_buckets(n, hist, moments)
-            hits = sweep(item, n, plan.flags | _flags_of(own), False, scratch)
         hi = hits.bits >> BUCKET_SHIFT  # (h,) buckets of the returned entries
         rank_skipped = False
         if item.zero:
             curve, n_changed, max_abs, erank = (list(self.grid), list(self.grid)), 0, 0.0, None
         else:
+            own = self._own_buckets(n, hist, moments)
             level2 = Level2Counts(own)
             level2.add(hits.bits, hi)
+            extra = [b for b in own if not plan.flags[b]]
+            if extra:  # its own curve needs buckets outside the plan's: a second, lookup-only sweep
+                level2.add(sweep(item, n, _flags_of(extra), False, scratch).bits)
             within = level2.within()
             curve = RankIndex(hist, within).shares(self.grid)
             n_changed = n - _zeros(hist, moments, within)
