@@ -83,7 +83,9 @@ def test_report_of_a_damaged_results_file(tmp_path, capsys, content, message):
 
 
 @pytest.mark.parametrize("content, message", [(b'{"prompt": "", "target": "y"}\n', "must be non-empty strings"),
-                                              (b"\xff\xfe{}", "is not UTF-8 text")])
+                                              (b"\xff\xfe{}", "is not UTF-8 text"),
+                                              ('{"prompt": "x", "target": "y"}\n{"prompt": "caf\u00e9", "target": "y"}\n'.encode(),
+                                               "bad.jsonl:2: character 'é' is outside TinyLM's vocabulary")])
 def test_more_bad_jsonl(tmp_path, capsys, content, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(content)

@@ -119,3 +119,17 @@ def test_rotary_encoding_is_relative():
         return float(qi @ kj)
     assert score(5, 2) == pytest.approx(score(20, 17), abs=1e-5)
     assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
+
+
+def test_exact_match_is_the_same_when_split_for_memory(tiny_model, monkeypatch):
+    import taskloc.evaluate as evaluate
+    from taskloc.data import eval_examples
+    from taskloc.tasks import get_task
+
+    examples = [e for name in ("add", "copy", "hop") for e in eval_examples(get_task(name), 2, 20, 0)]
+    whole = evaluate.exact_match(tiny_model, examples)
+    rows = []
+    tiny_model.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    monkeypatch.setattr(evaluate, "LOGITS_BUDGET", 1)  # one example per forward pass
+    assert torch.equal(evaluate.exact_match(tiny_model, examples, batch_size=7), whole)
+    assert rows == [1] * len(examples)

@@ -101,6 +101,21 @@ def test_answer_ids_are_the_targets_tokens_in_context(bos):
     assert tok.convert_ids_to_tokens(tok("3", add_special_tokens=False)["input_ids"])[0] == "\u2581"  # the trap avoided
 
 
+def test_task_text_outside_ascii_is_fine_for_a_tokenizer(tmp_path):
+    from taskloc.tasks import TokenizerCodec, get_task
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"prompt": "caf\u00e9 \u2192", "target": "\u00e9t\u00e9"}\n', encoding="utf-8")
+    task = get_task(f"jsonl:{path}")  # loads: the characters only matter to the codec that reads them
+    assert task.outside_vocab == f"{path}:1: character 'é'"
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(SPECIALS + CHARS + ["é", "→"])},
+                                              merges=[], unk_token="<unk>")),
+        pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    _, labels, mask = TokenizerCodec(tok).encode_batch([(e.prompt, e.target) for e in task.by_level[1]])
+    assert tok.convert_ids_to_tokens(labels[0, mask[0]].tolist()) == ["é", "t", "é", "<eos>"]
+
+
 def test_weights_without_tied_aliases_round_trip():
     torch.manual_seed(0)
     model = _build("gpt2", 100)  # GPT-2 ties lm_head to wte

@@ -14,6 +14,9 @@ from .model import TinyLM
 from .tasks import Example, Task, codec_of
 
 
+LOGITS_BUDGET = 1 << 27  # logit entries per forward pass in evaluation (512 MB in float32)
+
+
 @torch.no_grad()
 def exact_match(model: TinyLM, examples: list[Example], batch_size: int = 512) -> torch.Tensor:
     """Bool tensor (N,): does greedy decoding reproduce each example's target?"""
@@ -23,9 +26,13 @@ def exact_match(model: TinyLM, examples: list[Example], batch_size: int = 512) -
     for i in range(0, len(examples), batch_size):
         chunk = examples[i : i + batch_size]
         inputs, labels, mask = (t.to(device) for t in codec.encode_batch([(e.prompt, e.target) for e in chunk]))
-        pred = model(inputs).argmax(-1)  # (B, T)
-        wrong = (pred != labels) & mask
-        out.append(~wrong.any(dim=1))
+        # rows per forward pass so the (rows, T, V) logits stay near LOGITS_BUDGET entries: a real
+        # model's 150k-token vocabulary would otherwise need gigabytes for one batch
+        rows = max(1, LOGITS_BUDGET // (inputs.shape[1] * codec.vocab_size))
+        for r in range(0, len(chunk), rows):
+            pred = model(inputs[r:r + rows]).argmax(-1)  # (rows, T)
+            wrong = (pred != labels[r:r + rows]) & mask[r:r + rows]
+            out.append(~wrong.any(dim=1))
     return torch.cat(out).cpu()
 
 

@@ -28,7 +28,7 @@ from . import __version__
 from .config import Config, apply_overrides, field, load_config_file, load_preset
 from .data import DataConfig, TaskMixture
 from .device import pick_device
-from .errors import ConfigError, RunDirError
+from .errors import ConfigError, DataError, RunDirError
 from .evaluate import accuracy_table
 from .io import MemoryCheckpoint, fingerprint
 from .io.atomic import json_safe, write_json, write_safetensors, write_text
@@ -256,6 +256,8 @@ def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path
     tasks = cfg.data.load_tasks()
     dev = pick_device(device)
     source = load_study_model(Path(cfg.model_path), device) if cfg.model_path else None
+    if source is None or isinstance(source.model, TinyLM):
+        _check_char_vocabulary(tasks)
     run_dir = Path(out) if out is not None else Path("runs") / preset
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file; pass a directory for the run.")
@@ -307,6 +309,16 @@ def load_study_model(path: Path, device: str) -> LoadedModel:
                           "pass the tokenizer that belongs to this model.")
     _switch_off_dropout(loaded.model)
     return loaded
+
+
+def _check_char_vocabulary(tasks: list[Task]) -> None:
+    """TinyLM reads printable ASCII only; a task file with other characters fails here, before a
+    run directory exists."""
+    for task in tasks:
+        where = getattr(task, "outside_vocab", None)
+        if where:
+            raise DataError(f"{where} is outside TinyLM's vocabulary (printable ASCII); remove it, "
+                            "or study a model with its own tokenizer (--model).")
 
 
 def _switch_off_dropout(model: torch.nn.Module) -> None:

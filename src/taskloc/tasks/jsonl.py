@@ -4,12 +4,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from ..errors import DataError
 from .base import Example, ExactMatchTask
-from .vocab import encode
+from .vocab import CHARS
 
 
 class JsonlTask(ExactMatchTask):
@@ -18,7 +19,7 @@ class JsonlTask(ExactMatchTask):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.name = f"jsonl:{path}"
-        self.by_level = load_examples(self.path)
+        self.by_level, self.outside_vocab = load_examples(self.path)
         self.levels = tuple(sorted(self.by_level))
         # The file's content, not just its name, identifies the task: an edited file must not
         # reuse a model cached for the old one.
@@ -31,10 +32,13 @@ class JsonlTask(ExactMatchTask):
         return [pool[i] for i in rng.integers(0, len(pool), size=n)]
 
 
-def load_examples(path: Path) -> dict[int, list[Example]]:
+def load_examples(path: Path) -> tuple[dict[int, list[Example]], Optional[str]]:
+    """Examples by level, and where the first character outside TinyLM's vocabulary is (None if
+    nowhere): such a file suits a model with its own tokenizer (--model), not TinyLM."""
     if not path.is_file():
         raise DataError(f"task file {path} does not exist; give the path of a JSONL file.")
     by_level: dict[int, list[Example]] = {}
+    outside: Optional[str] = None
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -54,8 +58,10 @@ def load_examples(path: Path) -> dict[int, list[Example]]:
             raise DataError(f'{where}: "level" must be a positive integer, got {level!r}.')
         if not obj["prompt"] or not obj["target"]:
             raise DataError(f'{where}: "prompt" and "target" must be non-empty strings.')
-        encode(obj["prompt"] + obj["target"])  # reject characters outside the vocabulary now
+        if outside is None:
+            bad = next((ch for ch in obj["prompt"] + obj["target"] if ch not in CHARS), None)
+            outside = None if bad is None else f"{where}: character {bad!r}"
         by_level.setdefault(level, []).append(Example(obj["prompt"], obj["target"], level))
     if not by_level:
         raise DataError(f"task file {path} is empty; it needs one JSON object per line.")
-    return by_level
+    return by_level, outside
