@@ -6,8 +6,9 @@ MLP of a 7B model) in a temporary folder, warms the page cache, then times, each
 subprocess so peak RSS is measured per job (os.wait4):
   read:   both files read once into reused buffers (the floor for any tool that looks at every byte)
   delta:  taskloc's delta_checkpoints(BASE, TUNED, top="1%", patch=P): a sampling pre-pass, one
-          streaming pass over mapped tensors (two sweeps of each), the report, fingerprints and
-          the patch file (what `taskloc delta --top 1% --patch` runs)
+          streaming pass over mapped tensors (one sweep of each, a compiled loop when numba is
+          installed), the report, fingerprints and the patch file (what `taskloc delta --top 1%
+          --patch` runs)
   naive:  load both files, concatenate |tuned - base|, kthvalue for the top-1% threshold
 and checks that the naive threshold equals taskloc's. Ratios use each job's work time, measured
 inside the job after its imports (interpreter and torch start-up, ~2 s here, are listed apart).

@@ -180,6 +180,25 @@ def test_threaded_sweeps_give_the_same_report(monkeypatch):
     assert one == two
 
 
+@pytest.mark.parametrize("rate", ["1%", "30%"])
+def test_compiled_loop_equals_numpy_steps(monkeypatch, rate):
+    from dataclasses import asdict
+
+    from taskloc.deltas import kernel, sweep
+
+    if not kernel.AVAILABLE:
+        pytest.skip("numba is not installed: only the numpy path exists")
+    base, tuned = _structured(seed=6)
+    reports = []
+    for compiled in (True, False):
+        monkeypatch.setattr(sweep, "COMPILED_ON_CPU", compiled)
+        monkeypatch.setattr(sweep, "FLUSH", 1 << 12)  # many flushes of the packed accumulators
+        reports.append(asdict(_check_against_sorting(base, tuned, rate)))
+    for r in reports:
+        r.pop("timings")
+    assert reports[0] == reports[1]
+
+
 def test_bfloat16_checkpoints_are_exact():
     _check_against_sorting(*_structured(seed=4, dtype=torch.bfloat16), "3%")
 

@@ -20,12 +20,14 @@ from typing import Optional
 import numpy as np
 import torch
 
+from . import kernel
 from .radix import ABS_MASK, BUCKET_SHIFT, LOW_MASK, N_BUCKETS
 from .scratch import Scratch
 from .sources import Loaded
 
 BLOCK = 1 << 17  # CPU block: ~3 MB of temporaries per block, within L2 + a slice of L3
 NUMPY_ON_CPU = True  # False runs the torch (accelerator) kernel on CPU too: tests compare the two
+COMPILED_ON_CPU = True  # False keeps the numpy steps even where the compiled loop (kernel.py) is available
 COUNT_SHIFT = 38
 COUNT_ONE = 1 << COUNT_SHIFT
 # Entries summed into the packed (count << 38) + sum L accumulator before it is unpacked: with at
@@ -67,6 +69,13 @@ class _Moments:
         self.packed.scatter_add_(0, key, packed)
         self.squares.scatter_add_(0, key, squares)
         self.pending += key.numel()
+
+    def reserve(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Room for m more entries (flushing first if needed): the CPU accumulators as numpy arrays."""
+        if self.pending + m > FLUSH:
+            self.flush()
+        self.pending += m
+        return self.packed.numpy(), self.squares.numpy()
 
     def flush(self) -> None:
         if not self.pending:
@@ -129,6 +138,10 @@ class _Blocks:
             self.squares_t = scratch.get("block_squares", m, torch.int64)
             self.flag = scratch.get("block_flag", m, torch.bool).numpy()
             self.key, self.packed, self.squares = self.key_t.numpy(), self.packed_t.numpy(), self.squares_t.numpy()
+        self.compiled = self.cpu and COMPILED_ON_CPU and kernel.AVAILABLE
+        if self.compiled:  # (m,) where the compiled loop writes the flagged entries
+            self.hit_idx = scratch.get("block_hit_idx", m, torch.int64).numpy()
+            self.hit_bits = scratch.get("block_hit_bits", m, torch.int32).numpy()
 
     def step(self, delta: torch.Tensor, start: int) -> None:
         """delta: (m,) float32, entries start..start+m of the tensor."""
@@ -145,8 +158,19 @@ class _Blocks:
             out.bits = np.concatenate([h[1] for h in self.hits])
         return out
 
+    def _compiled(self, delta: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """The same as ``_cpu`` in one compiled loop (kernel.py)."""
+        m = len(delta)
+        packed, squares = self.acc.reserve(m) if self.acc is not None else (kernel.NO_MOMENTS, kernel.NO_MOMENTS)
+        use_lut = self.lut is not None
+        h = kernel.sweep_block(delta.view(np.int32), packed, squares, COUNT_ONE, self.lut if use_lut else kernel.NO_LUT,
+                               use_lut, 0, self.hit_idx, self.hit_bits)
+        return (self.hit_idx[:h], self.hit_bits[:h].copy()) if use_lut else None
+
     def _cpu(self, delta: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
         """Returns (positions within the block, bit patterns) of flagged entries."""
+        if self.compiled:
+            return self._compiled(delta)
         m = len(delta)
         full = m == self.size
         raw = delta.view(np.int32)  # (m,) sign, exponent, mantissa
