@@ -68,10 +68,9 @@ def load_tinylm(path: Path, device: torch.device) -> TinyLM:
         raise CheckpointError(f"{path} is a taskloc artefact without a model config; pass a base model.")
     model = TinyLM(ModelConfig.from_dict(info["model"], "model."))
     try:
-        model.load_state_dict(load_file(str(path)))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise CheckpointError(f"{path}: weights do not fit the model config in its metadata ({first}).") from None
+        load_weights(model, load_file(str(path)))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc} (the model config in its metadata does not match them)") from None
     return model.to(device).eval()
 
 
@@ -97,12 +96,12 @@ def load_model(path: Path, device: str = "auto", dtype: Optional[torch.dtype] = 
     return LoadedModel(hf, hf.family, lambda text: hf.tokenizer(text)["input_ids"], path)
 
 
-def unique_weight_names(model: nn.Module) -> list[str]:
-    """State-dict names, one per storage: a tied alias (GPT-2's ``lm_head`` is its ``wte``) is
-    listed once, under its first name."""
+def unique_weight_names(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of a state dict, one per storage: a tied alias (GPT-2's ``lm_head`` is its ``wte``)
+    is listed once, under its first name."""
     seen: set[tuple[int, int]] = set()
     names = []
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
         if key not in seen:
             seen.add(key)
@@ -114,7 +113,7 @@ def weights_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of a model's state without tied aliases, so a delta or a patch never counts or
     edits the same weights twice."""
     state = model.state_dict()
-    return {name: state[name].detach().cpu().clone() for name in unique_weight_names(model)}
+    return {name: state[name].detach().cpu().clone() for name in unique_weight_names(state)}
 
 
 def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
@@ -125,7 +124,7 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise CheckpointError(f"weights do not fit the model ({lines[1] if len(lines) > 1 else lines[0]}); "
                               "they were saved from a different architecture.") from None
-    missing = sorted(set(missing) & set(unique_weight_names(model)))
+    missing = sorted(set(missing) & set(unique_weight_names(model.state_dict())))
     if missing or unexpected:
         raise CheckpointError(f"weights do not fit the model (missing {missing[:3]}, unexpected {sorted(unexpected)[:3]}); "
                               "they were saved from a different architecture.")

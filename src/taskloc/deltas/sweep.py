@@ -130,7 +130,11 @@ class _Blocks:
         self.lut = lut if self.cpu or lut is None else torch.from_numpy(lut).to(scratch.device)
         self.hits: list[tuple[np.ndarray, np.ndarray]] = []
         self.delta = scratch.get("block_delta", m, torch.float32)
-        if self.cpu:  # (m,) buffers: numpy views for the bit operations, torch views for scatter_add_
+        self.compiled = self.cpu and COMPILED_ON_CPU and kernel.AVAILABLE
+        if self.compiled:  # (m,) where the compiled loop writes the flagged entries
+            self.hit_idx = scratch.get("block_hit_idx", m, torch.int64).numpy()
+            self.hit_bits = scratch.get("block_hit_bits", m, torch.int32).numpy()
+        elif self.cpu:  # (m,) buffers: numpy views for the bit operations, torch views for scatter_add_
             self.key32 = scratch.get("block_key32", m, torch.int32).numpy()
             self.key_t = scratch.get("block_key", m, torch.int64)  # int64: scatter_add_ and np.take index with it as is
             self.low = scratch.get("block_low", m, torch.int32).numpy()
@@ -138,10 +142,6 @@ class _Blocks:
             self.squares_t = scratch.get("block_squares", m, torch.int64)
             self.flag = scratch.get("block_flag", m, torch.bool).numpy()
             self.key, self.packed, self.squares = self.key_t.numpy(), self.packed_t.numpy(), self.squares_t.numpy()
-        self.compiled = self.cpu and COMPILED_ON_CPU and kernel.AVAILABLE
-        if self.compiled:  # (m,) where the compiled loop writes the flagged entries
-            self.hit_idx = scratch.get("block_hit_idx", m, torch.int64).numpy()
-            self.hit_bits = scratch.get("block_hit_bits", m, torch.int32).numpy()
 
     def step(self, delta: torch.Tensor, start: int) -> None:
         """delta: (m,) float32, entries start..start+m of the tensor."""
@@ -165,6 +165,7 @@ class _Blocks:
         use_lut = self.lut is not None
         h = kernel.sweep_block(delta.view(np.int32), packed, squares, COUNT_ONE, self.lut if use_lut else kernel.NO_LUT,
                                use_lut, 0, self.hit_idx, self.hit_bits)
+        # positions are not copied: step() offsets them into a new array before the next block
         return (self.hit_idx[:h], self.hit_bits[:h].copy()) if use_lut else None
 
     def _cpu(self, delta: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
