@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from taskloc.data import DataConfig, TaskMixture
-from taskloc.model import ModelConfig, TinyLM
-from taskloc.tasks import VOCAB_SIZE, encode_batch
+from taskloc.models import CHAR_CODEC, ModelConfig, TinyLM
+from taskloc.tasks import VOCAB_SIZE
+from taskloc.tasks.mixture import DataConfig, TaskMixture
 from taskloc.train import answer_loss
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     data = DataConfig()
     mixture = TaskMixture(data.load_tasks(), data.train_levels, seed=0)
-    batches = [encode_batch([(e.prompt, e.target) for e in mixture.batch(s, 128)]) for s in range(8)]
+    batches = [CHAR_CODEC.encode_batch([(e.prompt, e.target) for e in mixture.batch(s, 128)]) for s in range(8)]
     with_sites, without = make(True), make(False)
     tokens_per_second(*with_sites, batches, 5)  # warm-up
     tokens_per_second(*without, batches, 5)

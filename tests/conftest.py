@@ -5,8 +5,8 @@ import torch
 
 os.environ.setdefault("TASKLOC_QUIET", "1")
 
-from taskloc.model import ModelConfig, TinyLM  # noqa: E402
-from taskloc.tasks import VOCAB_SIZE  # noqa: E402
+from taskloc.models import ModelConfig, TinyLM
+from taskloc.tasks import VOCAB_SIZE
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from taskloc.data import TaskMixture
-from taskloc.model import ModelConfig, TinyLM
+from taskloc.models import ModelConfig, TinyLM
 from taskloc.tasks import VOCAB_SIZE, get_task
+from taskloc.tasks.mixture import TaskMixture
 from taskloc.train import TrainConfig, lr_at, train
 
 CFG = ModelConfig(vocab_size=VOCAB_SIZE, n_layer=1, n_head=2, d_model=16, d_mlp=32, block_size=64)
@@ -54,7 +54,7 @@ class Killed(Exception):
 
 def test_resume_after_interruption_is_bit_identical(tmp_path):
     cfg = TrainConfig(steps=12, batch_size=16, warmup=3, ckpt_every=4, eval_every=6)
-    evaluate = lambda m: {"probe": float(m.unembed.weight.detach().sum())}  # noqa: E731
+    evaluate = lambda m: {"probe": float(m.unembed.weight.detach().sum())}
     reference = fresh()
     ref_history = train(reference, cfg, mixture(), evaluate=evaluate)
 
@@ -93,8 +93,8 @@ def test_mixture_weights_set_task_proportions():
 
 
 def test_unknown_weight_name_is_config_error():
-    from taskloc.data import DataConfig
     from taskloc.errors import ConfigError
+    from taskloc.tasks.mixture import DataConfig
 
     with pytest.raises(ConfigError, match=r"data.weights names \['hopp'\]"):
         DataConfig(tasks=["hop"], weights={"hopp": 2.0})

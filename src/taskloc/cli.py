@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import click
 import typer
@@ -21,13 +20,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 @app.command()
 def run(
-    studies: List[str] = typer.Argument(None, help="studies to run (default: all); see `taskloc studies`"),
+    studies: list[str] = typer.Argument(None, help="studies to run (default: all); see `taskloc studies`"),
     preset: str = typer.Option("default", help="quick (tests, <1 min) | default (minutes on 2 cores) | full (GPU-sized)"),
-    out: Optional[Path] = typer.Option(None, help="run directory (default: runs/PRESET)"),
-    config: Optional[Path] = typer.Option(None, help="TOML file overriding the preset"),
-    set_: List[str] = typer.Option([], "--set", help="override one setting, e.g. --set pretrain.steps=500"),
+    out: Path | None = typer.Option(None, help="run directory (default: runs/PRESET)"),
+    config: Path | None = typer.Option(None, help="TOML file overriding the preset"),
+    set_: list[str] = typer.Option([], "--set", help="override one setting, e.g. --set pretrain.steps=500"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
-    model: Optional[Path] = typer.Option(None, help="study this model instead of pretraining TinyLM: a taskloc run "
+    model: Path | None = typer.Option(None, help="study this model instead of pretraining TinyLM: a taskloc run "
                                          "directory or .safetensors, or a local HF causal-LM folder with its tokenizer"),
 ) -> None:
     """Run studies on the embedded default (or on --model) and write results.json and report.html."""
@@ -70,7 +69,7 @@ def sites(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
 ) -> None:
     """List a model's hook sites with their shapes and last-token statistics on one prompt."""
-    from .sites import describe_sites
+    from .activations.sites import describe_sites
 
     describe_sites(model, prompt, device)
 
@@ -83,12 +82,12 @@ def delta(
     base: Path = typer.Argument(..., help="base checkpoint: .safetensors file, HF folder, run directory (or .bin/.pt with --allow-pickle)"),
     tuned: Path = typer.Argument(..., help="tuned checkpoint of the same architecture, or a PEFT LoRA adapter folder"),
     top: str = typer.Option("1%", help="global top-k: a percent (1%), a fraction of all entries (0.01 = 1%) or a count (1000)"),
-    patch: Optional[Path] = typer.Option(None, help="write the top-k entries as a sparse patch (.safetensors)"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
-    html: Optional[Path] = typer.Option(None, help="write an HTML page with the curves and profiles"),
+    patch: Path | None = typer.Option(None, help="write the top-k entries as a sparse patch (.safetensors)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the full report as JSON"),
+    html: Path | None = typer.Option(None, help="write an HTML page with the curves and profiles"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]: where deltas, histograms and SVDs are computed"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept pickle checkpoints (they can run code when loaded)"),
-    rank_max_dim: Optional[int] = typer.Option(None, help="effective rank only for matrices up to this size on their short side (default 1024 on CPU, 8192 on CUDA)"),
+    rank_max_dim: int | None = typer.Option(None, help="effective rank only for matrices up to this size on their short side (default 1024 on CPU, 8192 on CUDA)"),
 ) -> None:
     """Stream two checkpoints tensor by tensor: concentration of the delta vs a dense Gaussian null,
     profile by layer and module kind, exact global top-k (optionally written as a patch)."""
@@ -121,7 +120,7 @@ def graft(
     console.print(f"grafted {result.patched_entries:,} entries in {result.patched_tensors} tensors{warn}: {result.out}")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except TasklocError as exc:

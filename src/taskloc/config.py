@@ -119,7 +119,7 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "") -> "Config":
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> Config:
         """Build from a plain dict; unknown keys are errors with did-you-mean; nested Config
         fields are built recursively."""
         hints = typing.get_type_hints(cls)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from typing import Callable, Iterator, Mapping, Optional
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from .errors import HookError
 from .registry import did_you_mean
 
 # fn(activation, site_name) -> replacement activation, or None to leave it unchanged.
-HookFn = Callable[[torch.Tensor, str], Optional[torch.Tensor]]
+HookFn = Callable[[torch.Tensor, str], torch.Tensor | None]
 
 
 class HookPoint(nn.Module):

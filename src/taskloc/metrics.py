@@ -15,7 +15,7 @@ Conventions, fixed once:
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True)
-_live: Optional[Progress] = None
+_live: Progress | None = None
 
 
 def _columns() -> tuple:

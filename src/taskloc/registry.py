@@ -3,7 +3,8 @@ kernels, merge methods and presets."""
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from .errors import UnknownNameError
 

@@ -20,23 +20,22 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from . import __version__
 from .config import Config, apply_overrides, field, load_config_file, load_preset
-from .data import DataConfig, TaskMixture
 from .device import pick_device
 from .errors import ConfigError, DataError, RunDirError
-from .evaluate import accuracy_table
 from .io import MemoryCheckpoint, fingerprint
 from .io.atomic import json_safe, write_json, write_safetensors, write_text
-from .model import ModelConfig, TinyLM
-from .models import LoadedModel, load_model, load_weights, weights_of
+from .models import LoadedModel, ModelConfig, TinyLM, codec_of, load_model, load_weights, weights_of
 from .progress import console
 from .studies import STUDIES, Study
-from .tasks import VOCAB_SIZE, Task, codec_of
+from .tasks import VOCAB_SIZE, Task
+from .tasks.mixture import DataConfig, TaskMixture
+from .tasks.scoring import accuracy_table
 from .train import TrainConfig, checkpoint_step, train
 
 
@@ -67,8 +66,8 @@ class RunConfig(Config):
             raise ConfigError(f"model.vocab_size={self.model.vocab_size} must equal the task vocabulary size {VOCAB_SIZE}.")
 
 
-def resolve_config(preset: str, config_file: Optional[Path] = None, overrides: tuple[str, ...] = (),
-                   model_path: Optional[Path] = None) -> RunConfig:
+def resolve_config(preset: str, config_file: Path | None = None, overrides: tuple[str, ...] = (),
+                   model_path: Path | None = None) -> RunConfig:
     data = load_preset(preset)
     if config_file is not None:
         data = _deep_merge(data, load_config_file(config_file))
@@ -96,12 +95,12 @@ class RunContext:
     """What a study sees: the config, the device, the tasks, cached artefacts and a log."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, device: torch.device, tasks: list[Task],
-                 source: Optional[LoadedModel] = None) -> None:
+                 source: LoadedModel | None = None) -> None:
         self.run_dir, self.cfg, self.device, self.tasks = run_dir, cfg, device, tasks
         self.source = source  # the model given with --model; None: pretrain the embedded TinyLM
         # content fingerprint of the --model weights (sampled bytes of every tensor; milliseconds)
         self.source_fingerprint = fingerprint(MemoryCheckpoint(weights_of(source.model))) if source else None
-        self._base: Optional[tuple[TinyLM, list[dict]]] = None
+        self._base: tuple[TinyLM, list[dict]] | None = None
 
     def log(self, record: dict[str, Any]) -> None:
         with (self.run_dir / "metrics.jsonl").open("a") as fh:
@@ -128,7 +127,7 @@ class RunContext:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def new_model(self, seed: Optional[int] = None) -> TinyLM:
+    def new_model(self, seed: int | None = None) -> TinyLM:
         """A model of the base's architecture: a fresh TinyLM, or a copy of the --model model
         (whose weights callers replace with ``load_weights``)."""
         if self.source is not None:
@@ -136,7 +135,7 @@ class RunContext:
         torch.manual_seed(self.cfg.seed if seed is None else seed)
         return TinyLM(self.cfg.model).to(self.device)
 
-    def accuracy(self, model: TinyLM, levels: Optional[list[int]] = None, tasks: Optional[list[Task]] = None):
+    def accuracy(self, model: TinyLM, levels: list[int] | None = None, tasks: list[Task] | None = None):
         levels = levels or self.cfg.data.train_levels + self.cfg.data.ood_levels
         return accuracy_table(model, tasks or self.tasks, levels, self.cfg.eval.examples, self.cfg.eval.seed)
 
@@ -158,7 +157,7 @@ class RunContext:
         return hashlib.sha256((key + data).encode()).hexdigest()[:16]
 
     def finetune(self, label: str, key: dict[str, Any], start: dict[str, torch.Tensor], mixture: Any,
-                 train_cfg: TrainConfig, mask: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+                 train_cfg: TrainConfig, mask: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Fine-tune from ``start`` weights; cached (and resumable) under artefacts/ft-<hash of key>.
         Returns the tuned weights on the CPU. ``key`` names what makes this run different from
         others (task, seed, regime); the start weights, the mask, the training config and the data
@@ -247,9 +246,9 @@ def resolve_studies(names: list[str], cfg: RunConfig) -> list[tuple[Study, Confi
     return out
 
 
-def run_studies(names: list[str], *, preset: str = "default", out: Optional[Path] = None,
-                config_file: Optional[Path] = None, overrides: tuple[str, ...] = (), device: str = "auto",
-                model: Optional[Path] = None) -> Path:
+def run_studies(names: list[str], *, preset: str = "default", out: Path | None = None,
+                config_file: Path | None = None, overrides: tuple[str, ...] = (), device: str = "auto",
+                model: Path | None = None) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
     cfg = resolve_config(preset, config_file, tuple(overrides), model)
     plan = resolve_studies(list(names), cfg)

@@ -10,22 +10,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
 from .config import Config, field
-from .data import TaskMixture
 from .errors import ConfigError
 from .io.atomic import write_json, write_safetensors
-from .model import TinyLM
-from .models import load_weights, weights_of
+from .models import TinyLM, codec_of, load_weights, weights_of
 from .progress import progress_bar
-from .tasks import codec_of
+from .tasks.mixture import TaskMixture
 
 Mask = dict[str, torch.Tensor]  # parameter name -> bool tensor of the parameter's shape
 
@@ -103,7 +101,7 @@ def checkpoint_step(path: Path) -> int:
 def load_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer) -> tuple[int, list]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     _load_optimizer(opt, {k: v for k, v in tensors.items() if k.startswith("optim.")})
     return int(meta["step"]), json.loads(meta["history"])
@@ -114,12 +112,12 @@ def train(
     cfg: TrainConfig,
     mixture: TaskMixture,
     *,
-    checkpoint: Optional[Path] = None,
-    evaluate: Optional[Callable[[TinyLM], dict]] = None,
-    mask: Optional[Mask] = None,
+    checkpoint: Path | None = None,
+    evaluate: Callable[[TinyLM], dict] | None = None,
+    mask: Mask | None = None,
     label: str = "train",
-    meta: Optional[dict] = None,
-    log: Optional[Callable[[dict], None]] = None,
+    meta: dict | None = None,
+    log: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train ``model`` in place for cfg.steps steps on batches from ``mixture``.
 
@@ -190,11 +188,11 @@ class Phase:
     cfg: TrainConfig
     mixture: TaskMixture
     label: str
-    mask: Optional[Mask] = None
+    mask: Mask | None = None
 
 
 def train_sequential(model: TinyLM, phases: list[Phase], folder: Path,
-                     evaluate: Optional[Callable[[TinyLM], dict]] = None) -> list[list[dict]]:
+                     evaluate: Callable[[TinyLM], dict] | None = None) -> list[list[dict]]:
     """Train through ``phases`` in order (task A, then task B, ...), e.g. to measure forgetting.
 
     Each finished phase leaves its weights in ``folder/phase-<i>-<hash>.safetensors``; a resumed run

@@ -21,9 +21,10 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import TypeVar, Union
 
 import numpy as np
 import torch
@@ -34,8 +35,21 @@ from ..progress import progress_bar
 from .names import KINDS, kind_of, layer_of
 from .null import GINI_HALF_NORMAL, gaussian_null_curve, gaussian_null_gini, gaussian_null_hoyer
 from .predict import SAMPLE_ENTRIES, Estimate, Sampler
-from .radix import (BUCKET_SHIFT, LOW_MASK, N_BUCKETS, Histogram, Level2Counts, Level2Store, RankIndex, Within,
-                    bits_to_values, boundary_buckets, gini_from_histogram, ranks_for, within_of)
+from .radix import (
+    BUCKET_SHIFT,
+    LOW_MASK,
+    N_BUCKETS,
+    Histogram,
+    Level2Counts,
+    Level2Store,
+    RankIndex,
+    Within,
+    bits_to_values,
+    boundary_buckets,
+    gini_from_histogram,
+    ranks_for,
+    within_of,
+)
 from .scratch import Scratch
 from .selection import SelectionSink, TopK
 from .sources import DeltaSource, Loaded
@@ -54,22 +68,22 @@ class TensorStats:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    layer: Optional[int]
+    layer: int | None
     kind: str
     n: int
     n_changed: int
     l1: float  # sum |delta|
     energy: float  # sum delta^2
-    base_energy: Optional[float]  # sum base^2
+    base_energy: float | None  # sum base^2
     max_abs: float
-    rel_norm: Optional[float]  # ||delta|| / ||base||
+    rel_norm: float | None  # ||delta|| / ||base||
     gini: float
     hoyer: float
-    effective_rank: Optional[float]  # 2-D tensors under the size limit
-    lora_rank: Optional[int]
+    effective_rank: float | None  # 2-D tensors under the size limit
+    lora_rank: int | None
     curve_l1: list[float]
     curve_energy: list[float]
-    selected: Optional[int] = None  # entries in the global top-k
+    selected: int | None = None  # entries in the global top-k
 
 
 @dataclass
@@ -78,8 +92,8 @@ class GlobalStats:
     n_changed: int
     l1: float
     energy: float
-    base_energy: Optional[float]
-    rel_norm: Optional[float]
+    base_energy: float | None
+    rel_norm: float | None
     gini: float
     hoyer: float
     curve_l1: list[float]
@@ -95,7 +109,7 @@ class Selection:
     request: str
     description: str
     k: int
-    threshold: Optional[float]  # |delta| of the k-th largest entry
+    threshold: float | None  # |delta| of the k-th largest entry
     ties_at_threshold: int  # entries equal to the threshold
     ties_taken: int
     rule: str = SELECTION_RULE
@@ -109,7 +123,7 @@ class DeltaReport:
     tensors: list[TensorStats]
     total: GlobalStats
     null_tensor: dict  # the per-tensor null curve (scale-free, so one for all tensors)
-    selection: Optional[Selection]
+    selection: Selection | None
     profile: dict[str, list[dict]]
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -133,13 +147,13 @@ class _Candidates:
     to the sink as a candidate. Their bit patterns are kept per tensor to split the ties at the
     threshold. All is dropped (and left to pass 2) if they outgrow ``cap`` entries."""
 
-    def __init__(self, sink: Optional[SelectionSink], start: int, stop: int, cap: int) -> None:
+    def __init__(self, sink: SelectionSink | None, start: int, stop: int, cap: int) -> None:
         self.sink, self.start, self.stop, self.cap = sink, start, stop, cap
         self.bits: dict[str, np.ndarray] = {}  # name -> bit patterns of its candidates
         self.total = 0
         self.active = True
 
-    def covers(self, bucket: Optional[int]) -> bool:
+    def covers(self, bucket: int | None) -> bool:
         return self.active and bucket is not None and self.start <= bucket <= self.stop
 
     def offer(self, name: str, found: SweepResult, hi: np.ndarray, item: Loaded) -> None:
@@ -191,7 +205,7 @@ class _Plan:
     """What pass 1 collects besides the histograms, from the sampled estimate."""
 
     level2: Level2Store  # global level 2 of the buckets predicted to hold the curve's ranks and k
-    candidates: Optional[_Candidates]  # None: the selection happens in pass 2
+    candidates: _Candidates | None  # None: the selection happens in pass 2
     flags: np.ndarray  # (N_BUCKETS,) bool: buckets whose entries every tensor's sweep returns
 
 
@@ -249,7 +263,7 @@ class _Stream:
         return scratch
 
     # --- pre-pass ---------------------------------------------------------------------------------
-    def predict(self) -> Optional[Estimate]:
+    def predict(self) -> Estimate | None:
         """Sample every tensor: the estimate of the global histogram (None when sampling is off)."""
         if self.sample_entries <= 0:
             return None
@@ -334,7 +348,7 @@ class _Stream:
             needed.add(0)
         return sorted(needed)
 
-    def _effective_rank(self, item: Loaded, shape: tuple[int, ...]) -> tuple[Optional[float], bool]:
+    def _effective_rank(self, item: Loaded, shape: tuple[int, ...]) -> tuple[float | None, bool]:
         """(effective rank or None, whether it was skipped for size)."""
         if len(shape) != 2:
             return None, False
@@ -343,7 +357,7 @@ class _Stream:
         return effective_rank(item.delta.to(self.device).view(shape)), False  # type: ignore[union-attr]
 
     # --- pass 2 (and 3) ----------------------------------------------------------------------------
-    def visit(self, name: str, buckets: set[int], above: Optional[int]) -> bool:
+    def visit(self, name: str, buckets: set[int], above: int | None) -> bool:
         """Does tensor ``name`` have entries in ``buckets`` or in buckets at or above ``above``?"""
         present, _ = self.buckets[name]
         if above is not None and len(present) and int(present[-1]) >= above:
@@ -358,12 +372,12 @@ class _Stream:
 def analyse(
     source: DeltaSource,
     *,
-    top: Optional[TopK] = None,
-    sink: Optional[SelectionSink] = None,
+    top: TopK | None = None,
+    sink: SelectionSink | None = None,
     grid: Sequence[float] = GRID,
     device: Union[str, torch.device] = "cpu",
-    rank_max_dim: Optional[int] = None,
-    candidate_cap: Optional[int] = None,
+    rank_max_dim: int | None = None,
+    candidate_cap: int | None = None,
     sample_entries: int = SAMPLE_ENTRIES,
 ) -> DeltaReport:
     """Analyse every floating-point tensor of ``source``; select the global ``top`` entries and
@@ -443,8 +457,8 @@ def analyse(
     )
 
 
-def _plan(estimate: Optional[Estimate], n_total: int, grid: Sequence[float], k: Optional[int],
-          sink: Optional[SelectionSink], cap: int) -> _Plan:
+def _plan(estimate: Estimate | None, n_total: int, grid: Sequence[float], k: int | None,
+          sink: SelectionSink | None, cap: int) -> _Plan:
     """What pass 1 collects, from the sampled estimate: level 2 of windows around the curve's ranks
     and rank k, and the entries around rank k (from its window up when there is a sink, if their
     estimated number fits under ``cap``)."""
@@ -471,7 +485,7 @@ def _plan(estimate: Optional[Estimate], n_total: int, grid: Sequence[float], k: 
     return _Plan(level2, candidates, flags)
 
 
-def _pass2(st: _Stream, sink: Optional[SelectionSink], missing: list[int], b_star: Optional[int], select_all: bool,
+def _pass2(st: _Stream, sink: SelectionSink | None, missing: list[int], b_star: int | None, select_all: bool,
            two_pass: bool, lows_at_bstar: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[int, Within]:
     """Stream the tensors with entries in ``missing`` buckets (their level 2 is returned) and, when
     ``b_star`` is given, those with entries at or above it: their low bits in b_star's bucket go
@@ -541,7 +555,7 @@ def _zeros(hist: Histogram, found: SweepResult, within: dict[int, Within]) -> in
     return int(w.counts[w.bits == 0].sum())
 
 
-def _select(st: _Stream, index: RankIndex, top: TopK, k: int, b_star: Optional[int],
+def _select(st: _Stream, index: RankIndex, top: TopK, k: int, b_star: int | None,
             lows_at_bstar: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[Selection, dict[str, int], dict[str, int], int]:
     """The exact threshold (as a bit pattern), how many entries each tensor contributes, and how
     many of its entries equal to the threshold it contributes (its tie quota)."""
@@ -615,7 +629,7 @@ def _tensor_null(grid: Sequence[float]) -> dict:
     return {"l1": curve["l1"], "energy": curve["energy"], "gini": GINI_HALF_NORMAL, "hoyer": 1 - math.sqrt(2 / math.pi)}
 
 
-def _rel_norm(energy: float, base_energy: Optional[float]) -> Optional[float]:
+def _rel_norm(energy: float, base_energy: float | None) -> float | None:
     if base_energy is None:
         return None
     if base_energy <= 0:
@@ -623,7 +637,7 @@ def _rel_norm(energy: float, base_energy: Optional[float]) -> Optional[float]:
     return math.sqrt(energy / base_energy)
 
 
-def _profiles(stats: list[TensorStats], k: Optional[int]) -> dict[str, list[dict]]:
+def _profiles(stats: list[TensorStats], k: int | None) -> dict[str, list[dict]]:
     """Delta energy, relative norm and share of the top-k entries, grouped by layer and by kind."""
     n_all = sum(s.n for s in stats) or 1
     e_all = sum(s.energy for s in stats)

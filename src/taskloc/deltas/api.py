@@ -2,8 +2,9 @@
 (for the CLI verbs ``delta`` and ``graft``)."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Union
 
 import torch
 
@@ -36,8 +37,8 @@ def as_top(top: TopLike) -> TopK:
 
 
 def delta_stats(base_sd: Mapping[str, torch.Tensor], tuned_sd: Mapping[str, torch.Tensor], *,
-                top: Optional[TopLike] = None, grid: Sequence[float] = GRID, device: str = "cpu",
-                rank_max_dim: Optional[int] = None) -> DeltaReport:
+                top: TopLike | None = None, grid: Sequence[float] = GRID, device: str = "cpu",
+                rank_max_dim: int | None = None) -> DeltaReport:
     """Full delta analysis of two state dicts (same names, shapes, dtypes), tensor by tensor."""
     source = CheckpointPair(MemoryCheckpoint(base_sd, "<base>"), MemoryCheckpoint(tuned_sd, "<tuned>"))
     return analyse(source, top=as_top(top) if top is not None else None, grid=grid, device=device, rank_max_dim=rank_max_dim)
@@ -61,9 +62,9 @@ def concentration_curve(tensors: Union[Mapping[str, torch.Tensor], Sequence[torc
     return {"grid": list(grid), "l1": report.total.curve_l1, "energy": report.total.curve_energy}
 
 
-def delta_checkpoints(base: Path, tuned: Path, *, top: TopLike = "1%", patch: Optional[Path] = None,
-                      json_out: Optional[Path] = None, html_out: Optional[Path] = None, device: str = "auto",
-                      allow_pickle: bool = False, rank_max_dim: Optional[int] = None) -> DeltaReport:
+def delta_checkpoints(base: Path, tuned: Path, *, top: TopLike = "1%", patch: Path | None = None,
+                      json_out: Path | None = None, html_out: Path | None = None, device: str = "auto",
+                      allow_pickle: bool = False, rank_max_dim: int | None = None) -> DeltaReport:
     """``taskloc delta``: stream two checkpoints, report, and optionally write the patch, JSON, HTML."""
     top_k = as_top(top)
     outputs = [p for p in (patch, json_out, html_out) if p is not None]

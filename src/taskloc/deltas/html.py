@@ -8,7 +8,7 @@ import io
 from .analysis import DeltaReport
 
 
-def _png(fig) -> str:  # noqa: ANN001 - a matplotlib Figure
+def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'

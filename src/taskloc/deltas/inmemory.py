@@ -13,7 +13,7 @@ def random_mask(shapes: dict[str, torch.Size], fraction: float, seed: int) -> di
     """Exactly round(fraction * N) entries chosen uniformly at random over all tensors."""
     sizes = [int(torch.Size(s).numel()) for s in shapes.values()]
     total = sum(sizes)
-    k = int(round(fraction * total))
+    k = round(fraction * total)
     chosen = torch.zeros(total, dtype=torch.bool)
     if k > 0:
         gen = torch.Generator().manual_seed(seed)

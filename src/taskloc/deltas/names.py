@@ -9,7 +9,6 @@ attention.output.dense, intermediate.dense, output.dense, LayerNorm, embeddings.
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 LAYER = re.compile(r"(?:^|\.)(?:blocks|layers|h|layer)\.(\d+)\.")
 
@@ -32,7 +31,7 @@ KIND_RULES: list[tuple[str, re.Pattern[str]]] = [(k, re.compile(p)) for k, p in 
 KINDS = [k for k, _ in KIND_RULES] + ["other"]
 
 
-def layer_of(name: str) -> Optional[int]:
+def layer_of(name: str) -> int | None:
     """The block index in names like ``blocks.3.``, ``layers.3.``, ``h.3.``, ``layer.3.``; None
     for tensors outside the blocks (embeddings, final norm, head)."""
     m = LAYER.search(name)

@@ -18,7 +18,7 @@ limit. Null Gini and Hoyer come from the same model, in closed form (see gaussia
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -15,8 +15,8 @@ sweep.)
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -47,11 +47,11 @@ class Estimate:
     weight: float
 
     @classmethod
-    def empty(cls) -> "Estimate":
+    def empty(cls) -> Estimate:
         return cls(np.zeros(N_BUCKETS + 1), np.zeros(N_BUCKETS + 1), 0.0)
 
     @classmethod
-    def of_counts(cls, per_bucket: np.ndarray, m: int, weight: float) -> "Estimate":
+    def of_counts(cls, per_bucket: np.ndarray, m: int, weight: float) -> Estimate:
         """From the bucket counts of m sampled entries, each standing for ``weight`` entries
         (exact, with zero variance, when the weight is 1)."""
         seen_ge = np.concatenate([np.cumsum(per_bucket[::-1])[::-1], [0]]).astype(np.float64)
@@ -61,7 +61,7 @@ class Estimate:
         var = weight * weight * (seen_ge + 1) * np.clip(1 - seen_ge / m, 0.0, 1.0)
         return cls(weight * seen_ge, var, weight)
 
-    def add(self, other: "Estimate") -> None:
+    def add(self, other: Estimate) -> None:
         self.ge += other.ge
         self.var += other.var
         self.weight = max(self.weight, other.weight)

@@ -16,8 +16,8 @@ level-1 histogram doubles as a free NaN/Inf check.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Histogram:
     sum2: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, np.float64))
 
     @classmethod
-    def from_moments(cls, counts: np.ndarray, low_sum: np.ndarray, low_sq: np.ndarray) -> "Histogram":
+    def from_moments(cls, counts: np.ndarray, low_sum: np.ndarray, low_sq: np.ndarray) -> Histogram:
         """Level 1 from per-bucket integer moments (N_BUCKETS each, int64): entry count, sum of L and
         sum of L^2, L the low 15 bits. Products of the small integers with v_b and u_b are exact in
         float64 (v_b has 9 significant bits, u_b is a power of two), so sum |d| is rounded once per
@@ -64,12 +64,12 @@ class Histogram:
         return h
 
     @classmethod
-    def of_zeros(cls, n: int) -> "Histogram":
+    def of_zeros(cls, n: int) -> Histogram:
         h = cls()
         h.counts[0] = n
         return h
 
-    def add(self, other: "Histogram") -> None:
+    def add(self, other: Histogram) -> None:
         self.__dict__.pop("_ge", None)  # invalidate the cumulative counts
         self.__dict__.pop("_occupied", None)
         self.counts += other.counts
@@ -250,7 +250,7 @@ class Level2Counts:
         self.wanted = self.slot >= 0
         self.counts = np.zeros(len(self.buckets) << BUCKET_SHIFT, dtype=np.int64)
 
-    def add(self, bits: np.ndarray, hi: Optional[np.ndarray] = None) -> None:
+    def add(self, bits: np.ndarray, hi: np.ndarray | None = None) -> None:
         """Count the entries of wanted buckets among ``bits`` (int32 patterns of |d|; ``hi`` their
         buckets, when already known)."""
         if not self.buckets or not len(bits):

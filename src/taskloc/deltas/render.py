@@ -1,10 +1,8 @@
 """Terminal rendering of a DeltaReport: a short summary and four compact tables."""
 from __future__ import annotations
 
-from typing import Optional
-
-from rich.console import Console
 from rich import box
+from rich.console import Console
 from rich.table import Table
 
 from .analysis import DeltaReport, TensorStats
@@ -13,11 +11,11 @@ SHOWN_TENSORS = 12
 CURVE_COLUMN = 0.01  # the per-tensor table shows the top-1% energy share
 
 
-def _pct(x: Optional[float], digits: int = 1) -> str:
+def _pct(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}%"
 
 
-def _num(x: Optional[float]) -> str:
+def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
@@ -26,7 +24,7 @@ def _short(name: str, width: int = 34) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-def print_report(report: DeltaReport, console: Optional[Console] = None) -> None:
+def print_report(report: DeltaReport, console: Console | None = None) -> None:
     if console is None:
         console = Console()
         if not console.is_terminal:  # piped or captured: a fixed width so tables stay whole
@@ -78,7 +76,7 @@ def _tensor_table(report: DeltaReport) -> Table:
     return t
 
 
-def _top_cell(s: TensorStats, col: Optional[int], null_top: Optional[float]) -> str:
+def _top_cell(s: TensorStats, col: int | None, null_top: float | None) -> str:
     if col is None:
         return "-"
     return f"{_pct(s.curve_energy[col])} ({_pct(null_top, 0)})"

@@ -14,7 +14,7 @@ class Scratch:
         self.device = device
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def get(self, role: str, n: int, dtype: torch.dtype, device: "torch.device | None" = None) -> torch.Tensor:
+    def get(self, role: str, n: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
         """A 1-D tensor of ``n`` entries for ``role``; its contents are whatever was there before."""
         device = device or self.device
         buf = self._buffers.get(role)

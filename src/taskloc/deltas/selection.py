@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -27,8 +26,8 @@ _NUMBER = r"[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?"
 class TopK:
     """A fraction of all analysed entries (``--top 1%`` or ``--top 0.01``) or a count (``--top 1000``)."""
 
-    fraction: Optional[float] = None
-    count: Optional[int] = None
+    fraction: float | None = None
+    count: int | None = None
     text: str = ""
 
     def entries(self, n: int) -> int:

@@ -9,8 +9,8 @@ delta is computed block by block, or the delta itself for in-memory sources.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ import torch
 from ..errors import CheckpointError
 from ..io.checkpoint import Checkpoint, first_names
 from ..io.lora import LoraAdapter
-
 
 # float dtypes whose deltas are computed in numpy (no threads: on a busy machine torch's threaded
 # elementwise kernels can stall for milliseconds per call); bf16 travels as its int16 bit pattern
@@ -45,9 +44,9 @@ def _widen(x: np.ndarray, out: np.ndarray) -> np.ndarray:
 class Loaded:
     """One tensor pair. Tensors are flat CPU tensors for reading only (they may map a file)."""
 
-    base: Optional[torch.Tensor]  # (n,) as stored; None when the source has no base
-    tuned: Optional[torch.Tensor]  # (n,) as stored; None when equal to the base
-    given: Optional[torch.Tensor] = None  # (n,) the delta itself, for sources that hold deltas
+    base: torch.Tensor | None  # (n,) as stored; None when the source has no base
+    tuned: torch.Tensor | None  # (n,) as stored; None when equal to the base
+    given: torch.Tensor | None = None  # (n,) the delta itself, for sources that hold deltas
 
     def __post_init__(self) -> None:
         self._np = None  # numpy views (tuned, base) of float32/fp16/bf16 pairs
@@ -89,7 +88,7 @@ class Loaded:
         out.copy_(self.tuned[start:stop])
         return out.sub_(self.base[start:stop].to(out.device))  # type: ignore[union-attr]
 
-    def base_squares(self, start: int, stop: int) -> Optional[float]:
+    def base_squares(self, start: int, stop: int) -> float | None:
         """sum base^2 over [start, stop) from float32 products (None when not a numpy pair)."""
         if self._np is None:
             return None
@@ -99,7 +98,7 @@ class Loaded:
         return float(np.dot(b, b))
 
     @property
-    def delta(self) -> Optional[torch.Tensor]:
+    def delta(self) -> torch.Tensor | None:
         """The whole float32 delta (a new CPU tensor), None when identically zero. For small
         tensors and checks; the streaming passes use ``delta_into`` on blocks instead."""
         if self.zero:
@@ -123,7 +122,7 @@ class DeltaSource:
 
     base_label = "base"
     tuned_label = "tuned"
-    base: Optional[Checkpoint] = None
+    base: Checkpoint | None = None
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -144,7 +143,7 @@ class DeltaSource:
     def prefetch(self, name: str) -> None:
         """Hint that ``name`` is loaded next (lets a cold file be read ahead)."""
 
-    def lora_rank(self, name: str) -> Optional[int]:
+    def lora_rank(self, name: str) -> int | None:
         return None
 
     def differing_skipped(self) -> list[str]:
@@ -243,7 +242,7 @@ class LoraPair(DeltaSource):
     def prefetch(self, name: str) -> None:
         self.base.prefetch(name)  # type: ignore[union-attr]
 
-    def lora_rank(self, name: str) -> Optional[int]:
+    def lora_rank(self, name: str) -> int | None:
         return self.adapter.rank(self.target[name]) if name in self.target else None
 
 

@@ -15,7 +15,6 @@ machine). On an accelerator the same steps run as torch ops over blocks of ``FLU
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -38,10 +37,10 @@ FLUSH = 1 << 23
 
 @dataclass
 class SweepResult:
-    counts: Optional[np.ndarray] = None  # (N_BUCKETS,) int64 entries per bucket, from moment sweeps
-    low_sum: Optional[np.ndarray] = None  # (N_BUCKETS,) int64 sum of L per bucket
-    low_sq: Optional[np.ndarray] = None  # (N_BUCKETS,) int64 sum of L^2 per bucket
-    base_sq: Optional[float] = None  # sum base^2, when asked for
+    counts: np.ndarray | None = None  # (N_BUCKETS,) int64 entries per bucket, from moment sweeps
+    low_sum: np.ndarray | None = None  # (N_BUCKETS,) int64 sum of L per bucket
+    low_sq: np.ndarray | None = None  # (N_BUCKETS,) int64 sum of L^2 per bucket
+    base_sq: float | None = None  # sum base^2, when asked for
     idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (h,) flagged entries, ascending
     bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (h,) their |d| bit patterns
 
@@ -93,7 +92,7 @@ class _Moments:
         self.pending = 0
 
 
-def sweep(item: Loaded, n: int, lut: Optional[np.ndarray], moments: bool, scratch: Scratch,
+def sweep(item: Loaded, n: int, lut: np.ndarray | None, moments: bool, scratch: Scratch,
           base_squares: bool = False) -> SweepResult:
     """Moments (when ``moments``) and the entries of buckets flagged in ``lut`` ((N_BUCKETS,)
     bool, or None for none) of one tensor pair's delta, computed on ``scratch.device``. With
@@ -105,7 +104,7 @@ def sweep(item: Loaded, n: int, lut: Optional[np.ndarray], moments: bool, scratc
     if not moments and lut is None:
         return out
     blocks = _Blocks(scratch, n, moments, lut)
-    squares: Optional[float] = 0.0 if base_squares else None
+    squares: float | None = 0.0 if base_squares else None
     for start in range(0, n, blocks.size):
         stop = min(n, start + blocks.size)
         buf = blocks.delta if stop - start == blocks.size else blocks.delta[:stop - start]
@@ -121,7 +120,7 @@ class _Blocks:
     """The per-block steps of one sweep, with their buffers fetched once (a block costs ~0.2 ms
     of numpy work, so per-block Python overhead is worth keeping to a few calls)."""
 
-    def __init__(self, scratch: Scratch, n: int, moments: bool, lut: Optional[np.ndarray]) -> None:
+    def __init__(self, scratch: Scratch, n: int, moments: bool, lut: np.ndarray | None) -> None:
         self.cpu = scratch.device.type == "cpu" and NUMPY_ON_CPU
         self.size = BLOCK if self.cpu else FLUSH
         m = self.size = max(1, min(n, self.size))
@@ -158,7 +157,7 @@ class _Blocks:
             out.bits = np.concatenate([h[1] for h in self.hits])
         return out
 
-    def _compiled(self, delta: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    def _compiled(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """The same as ``_cpu`` in one compiled loop (kernel.py)."""
         m = len(delta)
         packed, squares = self.acc.reserve(m) if self.acc is not None else (kernel.NO_MOMENTS, kernel.NO_MOMENTS)
@@ -168,7 +167,7 @@ class _Blocks:
         # positions are not copied: step() offsets them into a new array before the next block
         return (self.hit_idx[:h], self.hit_bits[:h].copy()) if use_lut else None
 
-    def _cpu(self, delta: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    def _cpu(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Returns (positions within the block, bit patterns) of flagged entries."""
         if self.compiled:
             return self._compiled(delta)
@@ -196,7 +195,7 @@ class _Blocks:
         at = np.flatnonzero(flag)
         return at, raw[at] & ABS_MASK
 
-    def _device(self, delta: torch.Tensor) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    def _device(self, delta: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
         """The same steps as torch ops (CUDA)."""
         raw = delta.view(torch.int32)
         key = torch.bitwise_right_shift(raw, BUCKET_SHIFT).bitwise_and_(N_BUCKETS - 1).long()

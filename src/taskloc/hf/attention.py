@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import sys
 import weakref
-from typing import Optional
 
 import torch
 from torch import nn
@@ -27,7 +26,7 @@ IMPLEMENTATION = "taskloc"
 
 # HF attention module -> the wrapper's pattern site. Weak, so a dropped model frees its modules;
 # kept outside the module so the HookPoint is not registered as an HF submodule.
-_PATTERN_SITES: "weakref.WeakKeyDictionary[nn.Module, HookPoint]" = weakref.WeakKeyDictionary()
+_PATTERN_SITES: weakref.WeakKeyDictionary[nn.Module, HookPoint] = weakref.WeakKeyDictionary()
 
 
 def route_pattern(attn_module: nn.Module, site: HookPoint) -> None:
@@ -36,7 +35,7 @@ def route_pattern(attn_module: nn.Module, site: HookPoint) -> None:
 
 def _family_eager(module: nn.Module):
     """The eager attention function defined next to the module's class (modeling_llama.py, ...)."""
-    return getattr(sys.modules[type(module).__module__], "eager_attention_forward")
+    return sys.modules[type(module).__module__].eager_attention_forward
 
 
 def _attention(
@@ -44,9 +43,9 @@ def _attention(
     query: torch.Tensor,  # (B, H, Tq, Dh)
     key: torch.Tensor,  # (B, Hkv, Tk, Dh)
     value: torch.Tensor,  # (B, Hkv, Tk, Dh)
-    attention_mask: Optional[torch.Tensor],  # (B, 1, Tq, Tk) additive, or None
+    attention_mask: torch.Tensor | None,  # (B, 1, Tq, Tk) additive, or None
     **kwargs,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     site = _PATTERN_SITES.get(module)

@@ -35,7 +35,7 @@ M is ``config.intermediate_size`` (llama, qwen2, bert) or ``n_inner or 4 * n_emb
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from ..registry import Registry
 
@@ -50,8 +50,8 @@ class Family:
     attn_out: str  # module whose output (or output[0]) is what attention adds to the residual
     mlp_down: str  # linear whose *input* is the MLP hidden activation (mlp.hook_post)
     mlp_out: str  # module whose output is what the MLP adds to the residual
-    final_norm: Optional[str]  # final norm, from the base model; None: post-norm, the last block's output
-    resid_mid: Optional[str]  # module whose output is resid_mid; None: computed as resid_pre + attn_out
+    final_norm: str | None  # final norm, from the base model; None: post-norm, the last block's output
+    resid_mid: str | None  # module whose output is resid_mid; None: computed as resid_pre + attn_out
 
 
 FAMILIES: Registry[Family] = Registry("model family")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
 import torch
 from safetensors import SafetensorError
@@ -35,7 +36,7 @@ _LOAD_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RuntimeErr
 def load_hf_model(
     path: Union[str, Path],
     device: str = "auto",
-    dtype: Union[None, str, torch.dtype] = None,
+    dtype: Union[str, torch.dtype, None] = None,
     allow_pickle: bool = False,
 ) -> HFModel:
     """Load the model in the local folder ``path`` and wrap it with taskloc's hook sites.
@@ -169,7 +170,7 @@ def _check_shards(folder: Path, index: Path) -> None:
         )
 
 
-def _resolve_dtype(dtype: Union[None, str, torch.dtype], device: torch.device) -> Union[str, torch.dtype]:
+def _resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> Union[str, torch.dtype]:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None:

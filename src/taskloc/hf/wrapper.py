@@ -13,7 +13,7 @@ change a value (it happens to work at most sites, but not at a computed ``hook_r
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import DataError, UnsupportedModelError
 from ..hooks import HookPoint, name_sites
 from ..hooks import site_names as _site_names
-from ..tasks.codec import TokenizerCodec, no_tokenizer_message
+from ..models.codec import TokenizerCodec, no_tokenizer_message
 from . import attention
 from .families import FAMILIES, Family
 
@@ -87,7 +87,7 @@ class HFModel(nn.Module):
     wraps a model the caller loaded; it switches that model to taskloc's attention function.
     """
 
-    def __init__(self, hf: nn.Module, kind: Optional[str] = None, tokenizer: Any = None) -> None:
+    def __init__(self, hf: nn.Module, kind: str | None = None, tokenizer: Any = None) -> None:
         super().__init__()
         model_type = getattr(hf.config, "model_type", None)
         if model_type not in FAMILIES:
@@ -101,7 +101,7 @@ class HFModel(nn.Module):
             kind = "encoder" if hf.base_model is hf else "masked-lm" if self.spec.kind == "encoder" else "causal-lm"
         self.kind = kind
         self.tokenizer = tokenizer
-        self._codec: Optional[TokenizerCodec] = None
+        self._codec: TokenizerCodec | None = None
         self.hf = hf
         layers = _get(hf.base_model, self.spec.layers)
         self.blocks = nn.ModuleList(BlockSites() for _ in layers)
@@ -109,7 +109,7 @@ class HFModel(nn.Module):
         name_sites(self)
         # Residual entering each block, kept only while that block runs: a computed resid_mid
         # (pre-norm families) is resid_pre + attn_out.
-        self._resid_in: list[Optional[torch.Tensor]] = [None] * len(layers)
+        self._resid_in: list[torch.Tensor | None] = [None] * len(layers)
         attention.register()
         if hf.config._attn_implementation != attention.IMPLEMENTATION:
             hf.set_attn_implementation(attention.IMPLEMENTATION)
@@ -128,7 +128,7 @@ class HFModel(nn.Module):
             handle.remove()
         self._handles = []
 
-    def __deepcopy__(self, memo: dict) -> "HFModel":
+    def __deepcopy__(self, memo: dict) -> HFModel:
         # A plain deepcopy would copy our HF hooks too, still routing into *this* wrapper's sites,
         # so hooks attached to the copy would never fire. Copy the bare model and wrap it afresh.
         self._uninstall()
@@ -210,7 +210,7 @@ class HFModel(nn.Module):
 
     # -- uniform interface -----------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids: (B, T); attention_mask: (B, T), 1 = real token, 0 = padding.
         Returns logits (B, T, V), or the final hidden states (B, T, D) for a bare encoder."""
         device = self.device

@@ -12,8 +12,9 @@ import math
 import mmap
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import BinaryIO, Iterable, Mapping, Optional
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class Checkpoint:
     format: str = ""
     is_delta: bool = False
 
-    def __init__(self, path: Path, metadata: Optional[dict[str, str]] = None) -> None:
+    def __init__(self, path: Path, metadata: dict[str, str] | None = None) -> None:
         self.path = Path(path)
         self.metadata: dict[str, str] = dict(metadata or {})
 
@@ -61,7 +62,7 @@ class Checkpoint:
         """A fresh CPU tensor the caller may modify."""
         raise NotImplementedError
 
-    def read_flat(self, name: str, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def read_flat(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor's entries as a flat CPU tensor of its dtype, read into ``out`` (1-D, same
         dtype, at least numel entries) when given, so a streaming loop can reuse one buffer."""
         flat = self.get(name).reshape(-1)
@@ -89,7 +90,7 @@ class Checkpoint:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -114,7 +115,7 @@ class SafetensorsCheckpoint(Checkpoint):
     """
 
     def __init__(self, path: Path, format: str, headers: dict[Path, Header], entries: dict[str, TensorEntry],
-                 index_file: Optional[Path] = None) -> None:
+                 index_file: Path | None = None) -> None:
         first = next(iter(headers.values()), None)
         super().__init__(path, first.metadata if first else {})
         self.format = format
@@ -125,7 +126,7 @@ class SafetensorsCheckpoint(Checkpoint):
         self._lock = threading.Lock()  # streaming passes read from worker threads: one seek+read at a time
 
     @classmethod
-    def from_file(cls, file: Path, format: str = "safetensors", path: Optional[Path] = None) -> "SafetensorsCheckpoint":
+    def from_file(cls, file: Path, format: str = "safetensors", path: Path | None = None) -> SafetensorsCheckpoint:
         header = read_header(file)
         return cls(path or file, format, {file: header}, dict(header.entries))
 
@@ -150,7 +151,7 @@ class SafetensorsCheckpoint(Checkpoint):
     def get(self, name: str) -> torch.Tensor:
         return self.read_flat(name).view(self._entry(name).shape)
 
-    def read_flat(self, name: str, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def read_flat(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         entry = self._entry(name)
         dest = torch.empty(entry.numel, dtype=entry.dtype) if out is None else out[: entry.numel]
         if not entry.numel:
@@ -234,7 +235,7 @@ class PickleCheckpoint(Checkpoint):
         """``files`` maps tensor name -> file, from an index; empty means ``path`` is one file."""
         super().__init__(path)
         self._files = files
-        self._loaded: tuple[Optional[Path], dict[str, torch.Tensor]] = (None, {})
+        self._loaded: tuple[Path | None, dict[str, torch.Tensor]] = (None, {})
         self._lock = threading.Lock()  # one shard loaded at a time, also from worker threads
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, torch.dtype] = {}

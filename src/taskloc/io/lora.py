@@ -16,12 +16,11 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import Checkpoint, first_names
+from .checkpoint import Checkpoint
 
 PREFIX = "base_model.model."
 # key suffix -> (role, is_embedding); the module name is the key minus the suffix
@@ -131,7 +130,7 @@ class LoraAdapter(Checkpoint):
             return self.store.dtype(self.replaced[name])
         raise self._unknown(name)
 
-    def rank(self, name: str) -> Optional[int]:
+    def rank(self, name: str) -> int | None:
         """The adapter rank for a low-rank tensor; None for a fully replaced one."""
         if name not in self.low_rank and name not in self.replaced:
             raise self._unknown(name)

@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional
+from typing import BinaryIO
 
 import torch
 
@@ -139,7 +139,7 @@ class SafetensorsStreamWriter:
     """
 
     def __init__(self, f: BinaryIO, specs: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                 metadata: Optional[dict[str, str]] = None) -> None:
+                 metadata: dict[str, str] | None = None) -> None:
         header: dict[str, object] = {}
         if metadata:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}

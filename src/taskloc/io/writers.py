@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -52,8 +52,8 @@ def check_output(base: Checkpoint, out: Path) -> None:
         raise CheckpointError(f"--out {out} already exists; the output is a model folder: remove it or choose a new path.")
 
 
-def write_like(base: Checkpoint, out: Path, tensor_for: TensorSource, metadata: Optional[dict[str, str]] = None,
-               on_tensor: Optional[Callable[[], None]] = None) -> Path:
+def write_like(base: Checkpoint, out: Path, tensor_for: TensorSource, metadata: dict[str, str] | None = None,
+               on_tensor: Callable[[], None] | None = None) -> Path:
     """Write every tensor of ``base`` (values from ``tensor_for``) to ``out`` in base's layout."""
     check_output(base, out)
     extra = dict(metadata or {})

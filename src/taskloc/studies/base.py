@@ -6,7 +6,7 @@ A StudyResult holds only JSON data. Figures are *specs* (the numbers to plot, no
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal
 
 from ..config import Config
 from ..registry import Registry
@@ -58,7 +58,7 @@ class Study:
         """Validate settings against the whole run's config (tasks, levels) before any work
         starts; raise ConfigError naming the setting and the fix."""
 
-    def run(self, ctx: "RunContext", cfg: Config) -> StudyResult:  # noqa: F821
+    def run(self, ctx: RunContext, cfg: Config) -> StudyResult:  # noqa: F821
         raise NotImplementedError
 
 
@@ -66,20 +66,20 @@ STUDIES: Registry[type[Study]] = Registry("study")
 
 
 def lines_figure(name: str, title: str, xlabel: str, ylabel: str, series: list[dict], *, logx: bool = False,
-                 ylim: Optional[tuple[float, float]] = None, caption: str = "") -> dict[str, Any]:
+                 ylim: tuple[float, float] | None = None, caption: str = "") -> dict[str, Any]:
     """Spec for a line plot; each series: {label, x, y, optional lo/hi (band), optional style}."""
     return {"kind": "lines", "name": name, "title": title, "xlabel": xlabel, "ylabel": ylabel,
             "series": series, "logx": logx, "ylim": list(ylim) if ylim else None, "caption": caption}
 
 
 def heatmap_figure(name: str, title: str, rows: list[str], cols: list[str], values: list[list[float]], *,
-                   caption: str = "", col_groups: Optional[dict[str, list[str]]] = None, fmt: str = ".2f") -> dict[str, Any]:
+                   caption: str = "", col_groups: dict[str, list[str]] | None = None, fmt: str = ".2f") -> dict[str, Any]:
     return {"kind": "heatmap", "name": name, "title": title, "rows": rows, "cols": cols, "values": values,
             "caption": caption, "col_groups": col_groups, "fmt": fmt}
 
 
 def bars_figure(name: str, title: str, categories: list[str], groups: list[dict], ylabel: str, *,
-                caption: str = "", ylim: Optional[tuple[float, float]] = None) -> dict[str, Any]:
+                caption: str = "", ylim: tuple[float, float] | None = None) -> dict[str, Any]:
     """Grouped bars; each group: {label, values, optional lo/hi (error bars)}."""
     return {"kind": "bars", "name": name, "title": title, "categories": categories, "groups": groups,
             "ylabel": ylabel, "caption": caption, "ylim": list(ylim) if ylim else None}

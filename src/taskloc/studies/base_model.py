@@ -13,8 +13,8 @@ import numpy as np
 
 from ..config import Config, field
 from ..errors import ConfigError
-from ..stats import bootstrap_mean, wilson
 from .base import STUDIES, Claim, Study, StudyResult, bars_figure, heatmap_figure, lines_figure
+from .stats import bootstrap_mean, wilson
 
 
 @dataclass

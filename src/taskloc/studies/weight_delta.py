@@ -31,18 +31,18 @@ import numpy as np
 import torch
 
 from ..config import Config, field
-from ..data import ShuffledTargets, TaskMixture, eval_examples
 from ..deltas import concentration_curve, gaussian_null_curve, global_topk_mask
 from ..deltas.inmemory import random_mask, tensor_profile
 from ..errors import ConfigError
-from ..evaluate import exact_match
 from ..models import load_weights, weights_of
 from ..progress import progress_bar
-from ..stats import NAN_INTERVAL, bootstrap_mean
 from ..tasks import get_task
+from ..tasks.mixture import ShuffledTargets, TaskMixture, eval_examples
+from ..tasks.scoring import exact_match
 from ..train import TrainConfig
 from .base import STUDIES, Claim, Study, StudyResult, bars_figure, lines_figure
 from .base_model import base_is_competent
+from .stats import NAN_INTERVAL, bootstrap_mean
 
 StateDict = dict[str, torch.Tensor]
 

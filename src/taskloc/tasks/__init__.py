@@ -4,10 +4,7 @@ from __future__ import annotations
 from . import synthetic  # noqa: F401  (registers the built-in tasks)
 from .base import TASKS, Example, Task
 from .jsonl import JsonlTask
-from .codec import CHAR_CODEC, TokenizerCodec, codec_of
 from .vocab import EOS, PAD, VOCAB_SIZE, decode, encode
-
-encode_batch = CHAR_CODEC.encode_batch  # TinyLM's packing of (prompt, target) pairs
 
 JSONL_PREFIX = "jsonl:"
 
@@ -22,5 +19,16 @@ def task_names() -> list[str]:
     return TASKS.names()
 
 
-__all__ = ["TASKS", "Example", "Task", "JsonlTask", "get_task", "task_names", "encode", "decode",
-           "encode_batch", "codec_of", "TokenizerCodec", "EOS", "PAD", "VOCAB_SIZE"]
+__all__ = [
+    "EOS",
+    "PAD",
+    "TASKS",
+    "VOCAB_SIZE",
+    "Example",
+    "JsonlTask",
+    "Task",
+    "decode",
+    "encode",
+    "get_task",
+    "task_names",
+]

@@ -4,12 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
 from ..errors import DataError
-from .base import Example, ExactMatchTask
+from .base import ExactMatchTask, Example
 from .vocab import CHARS
 
 
@@ -32,13 +31,13 @@ class JsonlTask(ExactMatchTask):
         return [pool[i] for i in rng.integers(0, len(pool), size=n)]
 
 
-def load_examples(path: Path) -> tuple[dict[int, list[Example]], Optional[str]]:
+def load_examples(path: Path) -> tuple[dict[int, list[Example]], str | None]:
     """Examples by level, and where the first character outside TinyLM's vocabulary is (None if
     nowhere): such a file suits a model with its own tokenizer (--model), not TinyLM."""
     if not path.is_file():
         raise DataError(f"task file {path} does not exist; give the path of a JSONL file.")
     by_level: dict[int, list[Example]] = {}
-    outside: Optional[str] = None
+    outside: str | None = None
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:

@@ -7,7 +7,7 @@ import string
 
 import numpy as np
 
-from .base import TASKS, Example, ExactMatchTask
+from .base import TASKS, ExactMatchTask, Example
 
 LETTERS = string.ascii_lowercase
 LEVELS = (1, 2, 3, 4, 5)

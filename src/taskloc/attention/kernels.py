@@ -13,8 +13,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .hooks import HookPoint
-from .registry import Registry
+from ..hooks import HookPoint
+from ..registry import Registry
 
 
 class AttentionKernel(Protocol):

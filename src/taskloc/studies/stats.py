@@ -5,7 +5,7 @@ task are not independent evidence). Everything is seeded so a run's intervals ar
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,7 +24,7 @@ def wilson(successes: int, total: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def bootstrap_mean(values: Sequence[float], seed: int = 0, clusters: Optional[Sequence] = None,
+def bootstrap_mean(values: Sequence[float], seed: int = 0, clusters: Sequence | None = None,
                    n_boot: int = 2000, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values``.
 

@@ -3,22 +3,21 @@
 Greedy decoding reproduces the target exactly iff, at every answer position, the argmax of the
 next-token distribution given the *gold* prefix is the gold token (EOS included). So exact match
 is computed from one teacher-forced forward pass per batch instead of token-by-token decoding;
-tests check it against ``TinyLM.generate``.
+tests check it against the model's greedy ``generate``.
 """
 from __future__ import annotations
 
 import torch
 
-from .data import eval_examples
-from .model import TinyLM
-from .tasks import Example, Task, codec_of
-
+from ..models.codec import codec_of
+from .base import Example, Task
+from .mixture import eval_examples
 
 LOGITS_BUDGET = 1 << 27  # logit entries per forward pass in evaluation (512 MB in float32)
 
 
 @torch.no_grad()
-def exact_match(model: TinyLM, examples: list[Example], batch_size: int = 512) -> torch.Tensor:
+def exact_match(model: torch.nn.Module, examples: list[Example], batch_size: int = 512) -> torch.Tensor:
     """Bool tensor (N,): does greedy decoding reproduce each example's target?"""
     device = next(model.parameters()).device
     codec = codec_of(model)
@@ -36,7 +35,7 @@ def exact_match(model: TinyLM, examples: list[Example], batch_size: int = 512) -
     return torch.cat(out).cpu()
 
 
-def accuracy_table(model: TinyLM, tasks: list[Task], levels: list[int], n: int, seed: int) -> dict[str, dict[str, list[int]]]:
+def accuracy_table(model: torch.nn.Module, tasks: list[Task], levels: list[int], n: int, seed: int) -> dict[str, dict[str, list[int]]]:
     """{task: {level: [correct, total]}} on fixed evaluation sets."""
     table: dict[str, dict[str, list[int]]] = {}
     for task in tasks:

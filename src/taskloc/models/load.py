@@ -4,19 +4,20 @@ hook-site names, so activation-level verbs work on either."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from .device import pick_device
-from .errors import CheckpointError, DataError
-from .tasks.codec import no_tokenizer_message
-from .model import ModelConfig, TinyLM
+from ..device import pick_device
+from ..errors import CheckpointError, DataError
+from .codec import no_tokenizer_message
+from .tinylm import ModelConfig, TinyLM
 
 
 @dataclass
@@ -27,7 +28,7 @@ class LoadedModel:
     source: Path
 
 
-def _tinylm_file(path: Path) -> Optional[Path]:
+def _tinylm_file(path: Path) -> Path | None:
     if path.is_file() and path.suffix == ".safetensors":
         return path
     if path.is_dir():
@@ -74,7 +75,7 @@ def load_tinylm(path: Path, device: torch.device) -> TinyLM:
     return model.to(device).eval()
 
 
-def load_model(path: Path, device: str = "auto", dtype: Optional[torch.dtype] = None) -> LoadedModel:
+def load_model(path: Path, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
     """dtype: None keeps a Hugging Face checkpoint's own dtype on an accelerator (float32 on CPU);
     studies that train pass float32."""
     path = Path(path)
@@ -83,10 +84,10 @@ def load_model(path: Path, device: str = "auto", dtype: Optional[torch.dtype] = 
     dev = pick_device(device)
     tiny = _tinylm_file(path)
     if tiny is not None:
-        from .tasks import encode
+        from ..tasks import encode
 
         return LoadedModel(load_tinylm(tiny, dev), "tinylm", encode, tiny)
-    from .hf import load_hf_model
+    from ..hf import load_hf_model
 
     hf = load_hf_model(path, device=device, dtype=dtype)
     if hf.tokenizer is None:

@@ -13,17 +13,17 @@ and ``ln_final.hook_normalized`` (B, T, D), the input of the unembedding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ATTENTION
-from .config import Config, field
-from .errors import ConfigError
-from .hooks import HookPoint, name_sites
-from .tasks.codec import CHAR_CODEC
+from ..attention import ATTENTION
+from ..config import Config, field
+from ..errors import ConfigError
+from ..hooks import HookPoint, name_sites
+from .codec import CHAR_CODEC
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B, H, T_past, Dh)
 
@@ -89,7 +89,7 @@ class Attention(nn.Module):
         self.kernel = ATTENTION.get(cfg.attention)
         self.hook_pattern = HookPoint()
 
-    def forward(self, x: torch.Tensor, past: Optional[tuple[torch.Tensor, torch.Tensor]] = None):
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
         b, t, d = x.shape
         # (B, T, 3D) -> 3 x (B, H, T, Dh)
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
@@ -178,10 +178,10 @@ class TinyLM(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, idx: torch.Tensor, cache: Optional[KVCache] = None, return_cache: bool = False):
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, return_cache: bool = False):
         """idx: (B, T) token ids. With ``cache`` (from a previous call) the T tokens continue those
         sequences. Returns logits (B, T, V), and the new cache when ``return_cache``."""
-        b, t = idx.shape
+        _b, t = idx.shape
         start = cache[0][0].shape[2] if cache else 0
         if start + t > self.cfg.block_size:
             raise ConfigError(
@@ -199,7 +199,7 @@ class TinyLM(nn.Module):
         return (logits, new_cache) if return_cache else logits
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, eos_id: Optional[int] = None) -> torch.Tensor:
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, eos_id: int | None = None) -> torch.Tensor:
         """Greedy decoding with a KV cache. idx: (B, T) prompts of equal length. Returns the new
         tokens (B, <= max_new_tokens); a row that emitted ``eos_id`` is padded with eos_id."""
         max_new_tokens = min(max_new_tokens, self.cfg.block_size - idx.shape[1])

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from taskloc.errors import ConfigError, HookError, UnknownNameError
-from taskloc.evaluate import exact_match
 from taskloc.hooks import capture, hooks, resolve_sites, site_names
-from taskloc.model import ModelConfig, TinyLM
+from taskloc.models import ModelConfig, TinyLM
 from taskloc.tasks import EOS, VOCAB_SIZE, Example, decode, encode
+from taskloc.tasks.scoring import exact_match
 
 
 def test_every_design_site_exists(tiny_model):
@@ -109,7 +109,7 @@ def test_bad_model_config_is_one_clear_error():
 
 def test_rotary_encoding_is_relative():
     # Scores q_i . k_j under RoPE depend only on i - j: shifting both positions leaves them unchanged.
-    from taskloc.model import apply_rotary, rotary_tables
+    from taskloc.models.tinylm import apply_rotary, rotary_tables
 
     cos, sin = rotary_tables(32, 8)
     q, k = torch.randn(8), torch.randn(8)
@@ -122,9 +122,9 @@ def test_rotary_encoding_is_relative():
 
 
 def test_exact_match_is_the_same_when_split_for_memory(tiny_model, monkeypatch):
-    import taskloc.evaluate as evaluate
-    from taskloc.data import eval_examples
+    import taskloc.tasks.scoring as evaluate
     from taskloc.tasks import get_task
+    from taskloc.tasks.mixture import eval_examples
 
     examples = [e for name in ("add", "copy", "hop") for e in eval_examples(get_task(name), 2, 20, 0)]
     whole = evaluate.exact_match(tiny_model, examples)

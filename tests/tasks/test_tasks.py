@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from taskloc.errors import DataError, UnknownNameError
-from taskloc.tasks import EOS, encode, encode_batch, get_task, task_names
+from taskloc.models import CHAR_CODEC
+from taskloc.tasks import EOS, encode, get_task, task_names
 from taskloc.tasks.synthetic import arithmetic_problem
 
 
@@ -60,7 +61,7 @@ def test_verbose_and_concise_arithmetic_describe_the_same_problem():
 
 
 def test_encode_batch_masks_only_the_answer():
-    inputs, labels, mask = encode_batch([("A:1+2=", "3"), ("S:21>", "12")])
+    inputs, labels, mask = CHAR_CODEC.encode_batch([("A:1+2=", "3"), ("S:21>", "12")])
     assert inputs.shape == labels.shape == mask.shape == (2, 7)  # 6 + 1 + EOS, shifted by one
     assert mask[0].tolist() == [False] * 5 + [True, True]  # predicts "3", then EOS
     assert mask[1].tolist() == [False] * 4 + [True] * 3  # "1", "2", EOS

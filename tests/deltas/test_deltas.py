@@ -168,7 +168,6 @@ def test_torch_kernel_equals_numpy_kernel(monkeypatch):
 def test_threaded_sweeps_give_the_same_report(monkeypatch):
     from dataclasses import asdict
 
-    import taskloc.deltas.analysis as analysis
 
     base, tuned = _structured(seed=5)
     reports = []
@@ -334,7 +333,7 @@ def test_partial_patch_holds_exactly_the_top_k_and_scale_interpolates(tmp_path, 
         chosen = torch.zeros_like(mask)
         offset = 0
         for n, d in deltas.items():
-            if f"{n}:indices" in f.keys():
+            if f"{n}:indices" in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
                 idx = f.get_tensor(f"{n}:indices")
                 assert idx.dtype == torch.int32 and torch.equal(f.get_tensor(f"{n}:values"), t[n].reshape(-1)[idx.long()])
                 chosen[offset + idx.long()] = True

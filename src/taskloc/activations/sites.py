@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from .hooks import capture, site_names
-from .metrics import hoyer, topk_energy
-from .models import load_model
-from .progress import console
+from ..hooks import capture, site_names
+from ..metrics import hoyer, topk_energy
+from ..models import load_model
+from ..progress import console
 
 
 @torch.no_grad()
@@ -18,7 +18,7 @@ def describe_sites(path: Path, prompt: str, device: str = "auto") -> None:
     loaded = load_model(path, device)
     ids = loaded.encode(prompt)
     if not ids:
-        from .errors import DataError
+        from ..errors import DataError
 
         raise DataError("the prompt encodes to no tokens; pass a non-empty --prompt.")
     model = loaded.model

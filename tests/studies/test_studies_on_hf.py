@@ -1,21 +1,22 @@
 """Studies on a model given with --model: a tiny local GPT-2 / Llama with a character tokenizer,
 and a taskloc TinyLM from an earlier run, instead of pretraining the embedded default."""
 import json
-import string
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from safetensors.torch import load_file  # noqa: E402
 from tokenizers import Tokenizer, models  # noqa: E402
 
-from safetensors.torch import load_file  # noqa: E402
-
 from taskloc.cli import main  # noqa: E402
-from taskloc.io import MemoryCheckpoint, fingerprint  # noqa: E402
 from taskloc.hf import load_hf_model  # noqa: E402
-from taskloc.models import load_weights, weights_of  # noqa: E402
-from taskloc.tasks import codec_of  # noqa: E402
+from taskloc.io import MemoryCheckpoint, fingerprint  # noqa: E402
+from taskloc.models import (  # noqa: E402
+    codec_of,
+    load_weights,
+    weights_of,
+)
 
 CHARS = [chr(c) for c in range(32, 127)]
 SPECIALS = ["<pad>", "<eos>", "<unk>"]
@@ -86,7 +87,7 @@ def _metaspace_tokenizer(bos: bool):
 
 @pytest.mark.parametrize("bos", [False, True])
 def test_answer_ids_are_the_targets_tokens_in_context(bos):
-    from taskloc.tasks import TokenizerCodec
+    from taskloc.models import TokenizerCodec
 
     tok = _metaspace_tokenizer(bos)
     codec = TokenizerCodec(tok)
@@ -102,7 +103,8 @@ def test_answer_ids_are_the_targets_tokens_in_context(bos):
 
 
 def test_task_text_outside_ascii_is_fine_for_a_tokenizer(tmp_path):
-    from taskloc.tasks import TokenizerCodec, get_task
+    from taskloc.models import TokenizerCodec
+    from taskloc.tasks import get_task
 
     path = tmp_path / "t.jsonl"
     path.write_text('{"prompt": "caf\u00e9 \u2192", "target": "\u00e9t\u00e9"}\n', encoding="utf-8")
@@ -189,7 +191,7 @@ def test_a_model_without_tokenizer_is_refused_for_studies(tmp_path, capsys):
 
 def test_weights_of_another_architecture_are_one_clear_error():
     from taskloc.errors import CheckpointError
-    from taskloc.model import ModelConfig, TinyLM
+    from taskloc.models import ModelConfig, TinyLM
 
     small, wide = TinyLM(ModelConfig(d_model=32, n_head=2)), TinyLM(ModelConfig(d_model=64, n_head=2))
     with pytest.raises(CheckpointError) as exc:

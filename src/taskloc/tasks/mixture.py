@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
-from .config import Config, field
-from .errors import ConfigError
-from .tasks import Example, Task, get_task
+from ..config import Config, field
+from ..errors import ConfigError
+from . import get_task
+from .base import Example, Task
 
 
 @dataclass
@@ -58,7 +58,7 @@ class TaskMixture:
     """Mixture over (task, level) cells: tasks in proportion to their weights (default equal),
     levels uniform within a task."""
 
-    def __init__(self, tasks: list[Task], levels: list[int], seed: int, weights: Optional[dict[str, float]] = None) -> None:
+    def __init__(self, tasks: list[Task], levels: list[int], seed: int, weights: dict[str, float] | None = None) -> None:
         self.cells = [(t, lv) for t in tasks for lv in levels if lv in t.levels]
         if not self.cells:
             raise ConfigError("no (task, level) pair to train on: the tasks have none of the training levels.")

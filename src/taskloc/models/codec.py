@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import DataError
-from .vocab import EOS, PAD, VOCAB_SIZE, encode
+from ..tasks.vocab import EOS, PAD, VOCAB_SIZE, encode
 
 
 class Codec(Protocol):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from taskloc.stats import bootstrap_diff, bootstrap_mean, wilson
+from taskloc.studies.stats import bootstrap_diff, bootstrap_mean, wilson
 
 
 def test_wilson_matches_the_formula_and_stays_in_unit_interval():

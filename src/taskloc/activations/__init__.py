@@ -1,0 +1,1 @@
+"""Activations: what a model's hook sites hold, and how sparse it is."""
