@@ -4,12 +4,16 @@ A *site* is an identity module (HookPoint) placed at a named point of a model's 
 TransformerLens-style: ``blocks.3.hook_resid_post``, ``blocks.0.attn.hook_pattern``. Hooks are
 attached with ``with hooks(model, {site: fn}):`` and are always removed on exit, even when the
 body raises, so a steering vector can never leak into a later measurement.
+
+``capture(model, sites)`` reads the last forward pass's values; ``capture(model, sites,
+reducer=...)`` feeds every pass to running statistics per site (``activations/reducers.py``).
 """
 from __future__ import annotations
 
 import contextlib
 import fnmatch
 from collections.abc import Callable, Iterator, Mapping
+from typing import Generic, Protocol, TypeVar, overload
 
 import torch
 from torch import nn
@@ -81,10 +85,60 @@ def hooks(model: nn.Module, fns: Mapping[str, HookFn]) -> Iterator[None]:
             handle.remove()
 
 
+class Reducer(Protocol):
+    """Running statistics of one site, fed each forward pass's value as it happens, so what it
+    keeps does not grow with the number of inputs (``taskloc.activations.reducers`` has them)."""
+
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        """x: the site's detached value, (B, T, ...); mask: the Reduction's mask as the caller set
+        it, (B, T) with True (or 1) at real tokens, or None when every position is one."""
+
+
+R = TypeVar("R", bound=Reducer)
+
+
+class Reduction(Generic[R]):
+    """What ``capture(model, sites, reducer=...)`` yields: one reducer per site (``red[site]``).
+
+    Before each forward pass of a padded batch, set ``mask`` to its (B, T) padding mask
+    (True or 1 = real token), so padding never enters the statistics; None means no padding.
+    """
+
+    def __init__(self, reducers: dict[str, R]) -> None:
+        self.reducers = reducers
+        self.mask: torch.Tensor | None = None
+
+    def __getitem__(self, site: str) -> R:
+        return self.reducers[site]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.reducers)
+
+    def __len__(self) -> int:
+        return len(self.reducers)
+
+
+@overload
+def capture(model: nn.Module, sites: list[str]) -> contextlib.AbstractContextManager[dict[str, torch.Tensor]]: ...
+
+
+@overload
+def capture(model: nn.Module, sites: list[str], reducer: Callable[[], R]) -> contextlib.AbstractContextManager[Reduction[R]]: ...
+
+
+def capture(model: nn.Module, sites: list[str], reducer: Callable[[], Reducer] | None = None) -> contextlib.AbstractContextManager:
+    """Read the value at each site from forward passes inside the block.
+
+    Without ``reducer``: yields {site: detached tensor}; a later forward pass overwrites an
+    earlier one's value, so memory holds one pass. With ``reducer`` (a factory, called once per
+    site, e.g. ``RunningMoments``): yields a ``Reduction`` whose reducers see every pass, so
+    statistics over any number of inputs fit in memory. Hooks are removed on exit either way.
+    """
+    return _keep_last(model, sites) if reducer is None else _reduce(model, sites, reducer)
+
+
 @contextlib.contextmanager
-def capture(model: nn.Module, sites: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the (detached) value at each site from forward passes inside the block.
-    A later forward pass overwrites an earlier one's value."""
+def _keep_last(model: nn.Module, sites: list[str]) -> Iterator[dict[str, torch.Tensor]]:
     store: dict[str, torch.Tensor] = {}
 
     def record(x: torch.Tensor, name: str) -> None:
@@ -92,3 +146,17 @@ def capture(model: nn.Module, sites: list[str]) -> Iterator[dict[str, torch.Tens
 
     with hooks(model, {s: record for s in sites}):
         yield store
+
+
+@contextlib.contextmanager
+def _reduce(model: nn.Module, sites: list[str], reducer: Callable[[], R]) -> Iterator[Reduction[R]]:
+    reduction = Reduction({s: reducer() for s in sites})
+
+    def record(x: torch.Tensor, name: str) -> None:
+        try:
+            reduction.reducers[name].update(x.detach(), reduction.mask)
+        except HookError as exc:
+            raise HookError(f"site {name}: {exc}") from None
+
+    with hooks(model, {s: record for s in sites}):
+        yield reduction
