@@ -98,3 +98,71 @@ def test_ints_in_float_lists_are_fractions_not_counts():
 
     cfg = WeightDeltaConfig.from_dict({"graft_fractions": [0.01, 1]})
     assert cfg.graft_fractions == [0.01, 1.0] and all(isinstance(f, float) for f in cfg.graft_fractions)
+
+
+# --- checkpoint paths on the model verbs: --allow-pickle and run directories -------------------
+
+
+def _pickle_only_hf_folder(folder):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=32, bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    model.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    return folder
+
+
+def test_sites_refuses_pickle_weights_unless_allowed(tmp_path, capsys):
+    folder = _pickle_only_hf_folder(tmp_path / "gpt2")
+    capsys.readouterr()
+    code, err = run_cli(["sites", str(folder)], capsys)
+    assert code == 2 and err.strip() == (
+        f"error: {folder / 'pytorch_model.bin'} is a pickle checkpoint, which can run code when loaded; refused. "
+        "Convert it to safetensors, or pass --allow-pickle if you trust its source."
+    )
+    code, err = run_cli(["sites", str(folder), "--allow-pickle"], capsys)
+    # loaded this time: what stops it now is the folder's missing tokenizer, not its weights
+    assert code == 2 and err.strip() == (
+        f"error: {folder} has no tokenizer, so text cannot be encoded; add its tokenizer files "
+        "(tokenizer.json, tokenizer_config.json) to the folder."
+    )
+
+
+def _run_dir_with_base(run, tiny_model):
+    import json
+
+    from taskloc.io.atomic import write_safetensors
+
+    meta = {"taskloc": json.dumps({"kind": "base", "model": tiny_model.cfg.to_dict()})}
+    write_safetensors(run / "artefacts" / "base-0123" / "model.safetensors", tiny_model.state_dict(), meta)
+    return run
+
+
+def test_a_run_directory_means_its_base_model_for_every_verb(tmp_path, tiny_model, capsys):
+    from safetensors.torch import save_file
+
+    run = _run_dir_with_base(tmp_path / "run", tiny_model)
+    main(["sites", str(run), "--prompt", "S:3141>"])
+    unwrapped = "".join(capsys.readouterr().err.split())  # rich wraps long paths
+    assert f"tinylmmodel{run / 'artefacts' / 'base-0123' / 'model.safetensors'}" in unwrapped
+    tuned = {n: t + 0.5 * (n == "unembed.weight") for n, t in tiny_model.state_dict().items()}
+    save_file({n: t.contiguous() for n, t in tuned.items()}, str(tmp_path / "tuned.safetensors"))
+    main(["delta", str(run), str(tmp_path / "tuned.safetensors"), "--top", "10"])
+    unwrapped = "".join(capsys.readouterr().out.split())
+    assert f"delta{run / 'artefacts' / 'base-0123'}(hf-folder)->{tmp_path / 'tuned.safetensors'}(safetensors)" in unwrapped
+    assert "top1of1changedtensors" in unwrapped  # against the run's own base only the head moved
+
+
+@pytest.mark.parametrize("verb", [["sites"], ["delta", "{run}"]])
+def test_a_run_directory_without_a_base_is_one_error_for_every_verb(tmp_path, capsys, verb):
+    run = tmp_path / "run"
+    (run / "artefacts" / "ft-1").mkdir(parents=True)
+    code, err = run_cli([*(a.format(run=run) for a in verb), str(run)], capsys)
+    assert code == 2 and err.strip() == (
+        f"error: {run} is a taskloc run directory without a finished base model (still pretraining, or a run on "
+        "--model); pass a run that pretrained its base, or the model file or folder itself."
+    )

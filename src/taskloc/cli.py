@@ -14,6 +14,7 @@ import typer
 from .errors import TasklocError
 from .progress import console
 
+ALLOW_PICKLE_HELP = "accept pickle checkpoints (.bin/.pt, pytorch_model.bin): loading one can run code, so only from a trusted source"
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure whether task-relevant changes concentrate in small regions of a model.")
 
@@ -67,11 +68,12 @@ def sites(
     model: Path = typer.Argument(..., help="a taskloc run directory or model .safetensors, or a local Hugging Face folder"),
     prompt: str = typer.Option("A:12+34=", help="text to run through the model"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
 ) -> None:
     """List a model's hook sites with their shapes and last-token statistics on one prompt."""
     from .activations.sites import describe_sites
 
-    describe_sites(model, prompt, device)
+    describe_sites(model, prompt, device, allow_pickle=allow_pickle)
 
 
 # --- checkpoint verbs (delta, graft, merge, ...) are added below this line ---
@@ -86,7 +88,7 @@ def delta(
     json_out: Path | None = typer.Option(None, "--json", help="write the full report as JSON"),
     html: Path | None = typer.Option(None, help="write an HTML page with the curves and profiles"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]: where deltas, histograms and SVDs are computed"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept pickle checkpoints (they can run code when loaded)"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
     rank_max_dim: int | None = typer.Option(None, help="effective rank only for matrices up to this size on their short side (default 1024 on CPU, 8192 on CUDA)"),
 ) -> None:
     """Stream two checkpoints tensor by tensor: concentration of the delta vs a dense Gaussian null,
@@ -109,7 +111,7 @@ def graft(
     out: Path = typer.Option(..., help="output: a .safetensors file for a single-file base, a new folder for an HF folder"),
     scale: float = typer.Option(1.0, help="write base + scale * (patch - base); 1 gives the patched entries exactly"),
     allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="apply even if the base is not the one the patch was made from"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a pickle base (it can run code when loaded)"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
 ) -> None:
     """Apply a sparse patch to a base checkpoint, keeping the base's layout and dtypes."""
     from .deltas import graft_checkpoint

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from taskloc.errors import CheckpointError, ConfigError, HookError, TasklocError, UnsupportedModelError  # noqa: E402
 from taskloc.hf import HFModel, load_hf_model, site_names  # noqa: E402
 from taskloc.hooks import capture, hooks, resolve_sites  # noqa: E402
+from taskloc.io import open_checkpoint  # noqa: E402
 
 N_LAYER, D, M, V = 2, 32, 48, 100
 PRE_NORM = ["llama", "qwen2", "gpt2"]
@@ -330,18 +331,31 @@ def test_malformed_config(tmp_path):
 def test_missing_weights(saved, tmp_path):
     folder = _clone(saved, "llama", tmp_path)
     (folder / "model.safetensors").unlink()
-    assert _error(folder) == (
+    message = _error(folder)
+    assert message == (
         f"{folder} has a config.json but no weights; expected model.safetensors "
         "(or model.safetensors.index.json and its shards) beside it."
     )
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(folder)
+    assert str(info.value) == message
 
 
 def test_pickle_weights_refused_unless_allowed(saved, tmp_path):
     folder = _clone(saved, "llama", tmp_path)
     (folder / "model.safetensors").unlink()
     torch.save(saved["llama"][1].state_dict(), folder / "pytorch_model.bin")
-    assert "only pickle weights (pytorch_model.bin)" in _error(folder)
-    assert load_hf_model(folder, device="cpu", allow_pickle=True).kind == "causal-lm"
+    message = _error(folder)
+    assert message == (
+        f"{folder / 'pytorch_model.bin'} is a pickle checkpoint, which can run code when loaded; refused. "
+        "Convert it to safetensors, or pass --allow-pickle if you trust its source."
+    )
+    with pytest.raises(CheckpointError) as info:  # the checkpoint reader judges the folder the same way
+        open_checkpoint(folder)
+    assert str(info.value) == message
+    loaded = load_hf_model(folder, device="cpu", allow_pickle=True)
+    ids = _ids()
+    torch.testing.assert_close(loaded(ids), saved["llama"][1](input_ids=ids).logits, rtol=0, atol=1e-5)
 
 
 def test_missing_tensor_is_named(saved, tmp_path):
@@ -360,7 +374,14 @@ def test_missing_shard(saved, tmp_path):
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert "lists 2 shard(s) but 1 are missing, first model-00002-of-00002.safetensors" in _error(folder)
+    message = _error(folder)
+    assert message == (
+        f"model.safetensors.index.json in {folder} lists 2 shard(s) but 1 are missing, "
+        "first model-00002-of-00002.safetensors; download or copy the complete checkpoint."
+    )
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(folder)
+    assert str(info.value) == message
 
 
 def test_corrupt_weights(saved, tmp_path):

@@ -76,19 +76,39 @@ def test_sharded_folder_reads_across_shards_and_names_a_missing_shard(tmp_path):
     assert ckpt.format == "hf-sharded" and sorted(ckpt.names()) == sorted(tensors)
     assert all(torch.equal(ckpt.get(n), t) for n, t in tensors.items())
     (folder / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError, match=r"shard 'model-00002-of-00002\.safetensors' named in model\.safetensors\.index\.json is missing"):
+    with pytest.raises(CheckpointError) as info:
         open_checkpoint(folder)
+    assert str(info.value) == (f"model.safetensors.index.json in {folder} lists 2 shard(s) but 1 are missing, "
+                               "first model-00002-of-00002.safetensors; download or copy the complete checkpoint.")
 
 
-def test_run_directory_resolves_only_when_unambiguous(tmp_path):
+def test_run_directory_stands_for_its_one_base_model(tmp_path):
     run = tmp_path / "run"
-    (run / "artefacts" / "base").mkdir(parents=True)
-    save_file(_tensors(), str(run / "artefacts" / "base" / "model.safetensors"))
-    assert open_checkpoint(run).path == run / "artefacts" / "base"
-    (run / "artefacts" / "ft-add").mkdir()
+    (run / "artefacts" / "base-abc").mkdir(parents=True)
+    save_file(_tensors(), str(run / "artefacts" / "base-abc" / "model.safetensors"))
+    (run / "artefacts" / "ft-add").mkdir()  # fine-tunes beside the base do not make it ambiguous
     save_file(_tensors(1), str(run / "artefacts" / "ft-add" / "model.safetensors"))
-    with pytest.raises(CheckpointError, match=r"run directory with 2 models \('artefacts/base', 'artefacts/ft-add'\); pass one"):
+    ckpt = open_checkpoint(run)
+    assert ckpt.path == run / "artefacts" / "base-abc" and ckpt.format == "hf-folder"
+    assert torch.equal(ckpt.get("blocks.0.attn.qkv.weight"), _tensors()["blocks.0.attn.qkv.weight"])
+    (run / "artefacts" / "base-def").mkdir()
+    save_file(_tensors(2), str(run / "artefacts" / "base-def" / "model.safetensors"))
+    with pytest.raises(CheckpointError) as info:
         open_checkpoint(run)
+    assert str(info.value) == (f"{run} is a run directory with 2 base models ('artefacts/base-abc', 'artefacts/base-def'); "
+                               "pass one of these folders.")
+
+
+def test_run_directory_without_a_base_says_so(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"preset": "quick", "pretrain": {}}))
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(run)
+    assert str(info.value) == (
+        f"{run} is a taskloc run directory without a finished base model (still pretraining, or a run on --model); "
+        "pass a run that pretrained its base, or the model file or folder itself."
+    )
 
 
 @pytest.mark.parametrize("make, message", [

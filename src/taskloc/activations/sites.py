@@ -14,8 +14,8 @@ from ..progress import console
 
 
 @torch.no_grad()
-def describe_sites(path: Path, prompt: str, device: str = "auto") -> None:
-    loaded = load_model(path, device)
+def describe_sites(path: Path, prompt: str, device: str = "auto", allow_pickle: bool = False) -> None:
+    loaded = load_model(path, device, allow_pickle=allow_pickle)
     ids = loaded.encode(prompt)
     if not ids:
         from ..errors import DataError

@@ -17,12 +17,11 @@ from safetensors import SafetensorError
 
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError, UnsupportedModelError
+from ..io.resolve import locate_weights, no_weights
 from . import attention
 from .families import FAMILIES
 from .wrapper import HFModel
 
-SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
-PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -136,38 +135,10 @@ def _read_config(folder: Path) -> dict:
 
 def _check_weights(folder: Path, allow_pickle: bool) -> bool:
     """Returns True when only pickle weights exist (and are allowed)."""
-    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        index = folder / index_name
-        if index.is_file():
-            _check_shards(folder, index)
-    if any((folder / name).is_file() for name in SAFETENSORS):
-        return False
-    pickles = [name for name in PICKLES if (folder / name).is_file()]
-    if not pickles:
-        raise CheckpointError(
-            f"{folder} has a config.json but no weights; expected model.safetensors "
-            "(or model.safetensors.index.json and its shards) beside it."
-        )
-    if not allow_pickle:
-        raise CheckpointError(
-            f"{folder} holds only pickle weights ({pickles[0]}), which can run code when loaded; convert "
-            "them to safetensors, or opt in with allow_pickle=True if you trust the source."
-        )
-    return True
-
-
-def _check_shards(folder: Path, index: Path) -> None:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise CheckpointError(f"{index} is not a valid shard index (expected JSON with a \"weight_map\").") from None
-    absent = [s for s in shards if not (folder / s).is_file()]
-    if absent:
-        raise CheckpointError(
-            f"{index.name} in {folder} lists {len(shards)} shard(s) but {len(absent)} are missing, "
-            f"first {absent[0]}; copy the complete checkpoint."
-        )
+    found = locate_weights(folder, allow_pickle)
+    if found is None:
+        raise no_weights(folder)
+    return found[0] == "pickle"
 
 
 def _resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> Union[str, torch.dtype]:

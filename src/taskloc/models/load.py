@@ -16,6 +16,7 @@ from torch import nn
 
 from ..device import pick_device
 from ..errors import CheckpointError, DataError
+from ..io.resolve import is_run_dir, run_dir_model
 from .codec import no_tokenizer_message
 from .tinylm import ModelConfig, TinyLM
 
@@ -31,25 +32,9 @@ class LoadedModel:
 def _tinylm_file(path: Path) -> Path | None:
     if path.is_file() and path.suffix == ".safetensors":
         return path
-    if path.is_dir():
-        candidates = sorted(path.glob("artefacts/base-*/model.safetensors"))
-        if len(candidates) == 1:
-            return candidates[0]
-        if len(candidates) > 1:
-            raise CheckpointError(f"{path} holds {len(candidates)} base models ({', '.join(str(c) for c in candidates)}); pass one file.")
-        if _is_run_config(path / "config.json"):
-            raise CheckpointError(f"{path} is a taskloc run directory without a finished base model (still pretraining, "
-                                  "or a run on --model); pass a run that pretrained its base, or the model itself.")
+    if is_run_dir(path):
+        return run_dir_model(path)
     return None
-
-
-def _is_run_config(path: Path) -> bool:
-    """Whether a folder's config.json is a taskloc run's (an HF config has model_type instead)."""
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and "preset" in cfg and "pretrain" in cfg and "model_type" not in cfg
 
 
 def load_tinylm(path: Path, device: torch.device) -> TinyLM:
@@ -75,9 +60,11 @@ def load_tinylm(path: Path, device: torch.device) -> TinyLM:
     return model.to(device).eval()
 
 
-def load_model(path: Path, device: str = "auto", dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(path: Path, device: str = "auto", dtype: torch.dtype | None = None,
+               allow_pickle: bool = False) -> LoadedModel:
     """dtype: None keeps a Hugging Face checkpoint's own dtype on an accelerator (float32 on CPU);
-    studies that train pass float32."""
+    studies that train pass float32. allow_pickle: accept a Hugging Face folder's pytorch_model.bin
+    (pickle can run code when loaded)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"model path {path} does not exist; pass a taskloc run directory, a taskloc .safetensors or a Hugging Face folder.")
@@ -89,7 +76,7 @@ def load_model(path: Path, device: str = "auto", dtype: torch.dtype | None = Non
         return LoadedModel(load_tinylm(tiny, dev), "tinylm", encode, tiny)
     from ..hf import load_hf_model
 
-    hf = load_hf_model(path, device=device, dtype=dtype)
+    hf = load_hf_model(path, device=device, dtype=dtype, allow_pickle=allow_pickle)
     if hf.tokenizer is None:
         def no_tokenizer(text: str) -> list[int]:
             raise DataError(no_tokenizer_message(str(path)))
