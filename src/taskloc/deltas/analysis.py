@@ -32,9 +32,10 @@ import torch
 from ..device import pick_device
 from ..metrics import effective_rank
 from ..progress import progress_bar
-from .names import KINDS, kind_of, layer_of
+from .names import kind_of, layer_of
 from .null import GINI_HALF_NORMAL, gaussian_null_curve, gaussian_null_gini, gaussian_null_hoyer
 from .predict import SAMPLE_ENTRIES, Estimate, Sampler
+from .profile import profile_groups, rel_norm
 from .radix import (
     BUCKET_SHIFT,
     LOW_MASK,
@@ -323,7 +324,7 @@ class _Stream:
         stats = TensorStats(
             name=name, shape=tuple(shape), dtype=str(self.source.dtypes[name]).replace("torch.", ""),
             layer=layer_of(name), kind=kind_of(name), n=n, n_changed=n_changed, l1=l1, energy=energy,
-            base_energy=base_energy, max_abs=max_abs, rel_norm=_rel_norm(energy, base_energy),
+            base_energy=base_energy, max_abs=max_abs, rel_norm=rel_norm(energy, base_energy),
             gini=gini_from_histogram(hist), hoyer=_hoyer(l1, energy, n),
             effective_rank=erank, lora_rank=self.source.lora_rank(name), curve_l1=curve[0], curve_energy=curve[1],
         )
@@ -452,7 +453,7 @@ def analyse(
     timings["total_s"] = time.perf_counter() - t0
     return DeltaReport(
         base={"path": source.base_label}, tuned={"path": source.tuned_label}, grid=list(grid), tensors=st.stats,
-        total=total, null_tensor=_tensor_null(grid), selection=selection, profile=_profiles(st.stats, k),
+        total=total, null_tensor=_tensor_null(grid), selection=selection, profile=profile_groups(st.stats, k),
         notes=_notes(st, pass3), timings=timings,
     )
 
@@ -607,7 +608,7 @@ def _global_stats(st: _Stream, index: RankIndex) -> GlobalStats:
     base_energy = None if any(s.base_energy is None for s in st.stats) else sum(s.base_energy for s in st.stats)  # type: ignore[misc]
     return GlobalStats(
         n=index.n, n_changed=sum(s.n_changed for s in st.stats), l1=hist.total1, energy=hist.total2,
-        base_energy=base_energy, rel_norm=_rel_norm(hist.total2, base_energy), gini=gini_from_histogram(hist),
+        base_energy=base_energy, rel_norm=rel_norm(hist.total2, base_energy), gini=gini_from_histogram(hist),
         hoyer=_hoyer(hist.total1, hist.total2, index.n),
         curve_l1=curve_l1, curve_energy=curve_energy, null_l1=null["l1"], null_energy=null["energy"],
         null_gini=gaussian_null_gini(sizes, mean_squares) if index.n else 0.0,
@@ -627,45 +628,6 @@ def _hoyer(l1: float, energy: float, n: int) -> float:
 def _tensor_null(grid: Sequence[float]) -> dict:
     curve = gaussian_null_curve([1_000_000], [1.0], grid)
     return {"l1": curve["l1"], "energy": curve["energy"], "gini": GINI_HALF_NORMAL, "hoyer": 1 - math.sqrt(2 / math.pi)}
-
-
-def _rel_norm(energy: float, base_energy: float | None) -> float | None:
-    if base_energy is None:
-        return None
-    if base_energy <= 0:
-        return 0.0 if energy == 0 else math.inf
-    return math.sqrt(energy / base_energy)
-
-
-def _profiles(stats: list[TensorStats], k: int | None) -> dict[str, list[dict]]:
-    """Delta energy, relative norm and share of the top-k entries, grouped by layer and by kind."""
-    n_all = sum(s.n for s in stats) or 1
-    e_all = sum(s.energy for s in stats)
-
-    def group(key: str) -> list[dict]:
-        rows: dict[object, dict] = {}
-        for s in stats:
-            g = getattr(s, key)
-            row = rows.setdefault(g, {key: g, "tensors": 0, "n": 0, "energy": 0.0, "base_energy": 0.0, "selected": 0, "has_base": True})
-            row["tensors"] += 1
-            row["n"] += s.n
-            row["energy"] += s.energy
-            row["selected"] += s.selected or 0
-            if s.base_energy is None:
-                row["has_base"] = False
-            else:
-                row["base_energy"] += s.base_energy
-        out = [{
-            key: row[key], "tensors": row["tensors"], "n": row["n"], "param_share": row["n"] / n_all,
-            "energy_share": row["energy"] / e_all if e_all > 0 else 0.0,
-            "rel_norm": _rel_norm(row["energy"], row["base_energy"] if row["has_base"] else None),
-            "topk_share": (row["selected"] / k) if k else None,
-        } for row in rows.values()]
-        if key == "layer":  # blocks in order, then tensors outside any block
-            return sorted(out, key=lambda r: (r["layer"] is None, r["layer"] or 0))
-        return sorted(out, key=lambda r: KINDS.index(r["kind"]))
-
-    return {"layer": group("layer"), "kind": group("kind")}
 
 
 def _notes(st: _Stream, pass3: bool) -> list[str]:

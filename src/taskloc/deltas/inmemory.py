@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .names import kind_of, layer_of
+from .profile import TensorShare, group_label, profile_groups
 
 StateDict = dict[str, torch.Tensor]
 
@@ -25,15 +25,12 @@ def random_mask(shapes: dict[str, torch.Size], fraction: float, seed: int) -> di
     return out
 
 
-def tensor_profile(deltas: StateDict) -> dict[str, dict]:
-    """Share of delta energy and of parameter count per module kind and per layer."""
-    total_energy = sum(float(d.float().square().sum()) for d in deltas.values()) or 1.0
-    total_params = sum(d.numel() for d in deltas.values())
-    out: dict[str, dict] = {"kind": {}, "layer": {}}
-    for name, d in deltas.items():
-        layer = layer_of(name)
-        for axis, key in (("kind", kind_of(name)), ("layer", "outside blocks" if layer is None else f"block {layer}")):
-            slot = out[axis].setdefault(key, {"energy_share": 0.0, "param_share": 0.0})
-            slot["energy_share"] += float(d.float().square().sum()) / total_energy
-            slot["param_share"] += d.numel() / total_params
-    return out
+def tensor_profile(deltas: StateDict) -> dict[str, dict[str, dict[str, float]]]:
+    """Share of delta energy and of parameter count per module kind and per layer, grouped as the
+    streaming report groups them (profile.profile_groups): {"kind"|"layer": {label: shares}}."""
+    shares = [TensorShare(name, d.numel(), float(d.float().square().sum())) for name, d in deltas.items()]
+    return {
+        axis: {group_label(axis, row[axis]): {"energy_share": row["energy_share"], "param_share": row["param_share"]}
+               for row in rows}
+        for axis, rows in profile_groups(shares).items()
+    }

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .analysis import DeltaReport, TensorStats
+from .profile import group_label
 
 SHOWN_TENSORS = 12
 CURVE_COLUMN = 0.01  # the per-tensor table shows the top-1% energy share
@@ -92,7 +93,6 @@ def _profile_table(report: DeltaReport, key: str) -> Table:
     for col in (key, "tensors", "params", "delta energy", "top-k entries", "rel norm"):
         t.add_column(col, justify="left" if col == key else "right")
     for row in report.profile[key]:
-        label = row[key] if row[key] is not None else "(outside blocks)"
-        t.add_row(str(label), str(row["tensors"]), _pct(row["param_share"]), _pct(row["energy_share"]),
+        t.add_row(group_label(key, row[key]), str(row["tensors"]), _pct(row["param_share"]), _pct(row["energy_share"]),
                   _pct(row["topk_share"]), _num(row["rel_norm"]))
     return t
