@@ -21,7 +21,7 @@ from safetensors import safe_open
 from .config import Config, field
 from .errors import ConfigError
 from .io.atomic import write_json, write_safetensors
-from .models import TinyLM, codec_of, load_weights, weights_of
+from .models import LanguageModel, codec_of, load_weights, weights_of
 from .progress import progress_bar
 from .tasks.mixture import TaskMixture
 
@@ -58,7 +58,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def answer_loss(model: TinyLM, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def answer_loss(model: LanguageModel, inputs: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over answer tokens only (prompt tokens are given, not learned), averaged per
     example first: a one-letter answer weighs as much as a twenty-token trace, so tasks with long
     answers do not drown out the others in a mixture."""
@@ -85,7 +85,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
     opt.load_state_dict(sd)
 
 
-def save_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer, step: int, history: list, meta: dict) -> None:
+def save_checkpoint(path: Path, model: LanguageModel, opt: torch.optim.Optimizer, step: int, history: list, meta: dict) -> None:
     tensors = {f"model.{k}": v for k, v in weights_of(model).items()}
     tensors.update(_optimizer_tensors(opt))
     metadata = {"step": str(step), "history": json.dumps(history), **{k: str(v) for k, v in meta.items()}}
@@ -98,7 +98,7 @@ def checkpoint_step(path: Path) -> int:
         return int(f.metadata()["step"])
 
 
-def load_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer) -> tuple[int, list]:
+def load_checkpoint(path: Path, model: LanguageModel, opt: torch.optim.Optimizer) -> tuple[int, list]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
@@ -108,12 +108,12 @@ def load_checkpoint(path: Path, model: TinyLM, opt: torch.optim.Optimizer) -> tu
 
 
 def train(
-    model: TinyLM,
+    model: LanguageModel,
     cfg: TrainConfig,
     mixture: TaskMixture,
     *,
     checkpoint: Path | None = None,
-    evaluate: Callable[[TinyLM], dict] | None = None,
+    evaluate: Callable[[LanguageModel], dict] | None = None,
     mask: Mask | None = None,
     label: str = "train",
     meta: dict | None = None,
@@ -129,7 +129,7 @@ def train(
                 moments stay clean, and masked-out entries are restored after every step so that
                 no weight decay or numerical drift can move them.
     """
-    device = next(model.parameters()).device
+    device = model.device
     codec = codec_of(model)
     params = dict(model.named_parameters())
     if mask is not None:
@@ -191,8 +191,8 @@ class Phase:
     mask: Mask | None = None
 
 
-def train_sequential(model: TinyLM, phases: list[Phase], folder: Path,
-                     evaluate: Callable[[TinyLM], dict] | None = None) -> list[list[dict]]:
+def train_sequential(model: LanguageModel, phases: list[Phase], folder: Path,
+                     evaluate: Callable[[LanguageModel], dict] | None = None) -> list[list[dict]]:
     """Train through ``phases`` in order (task A, then task B, ...), e.g. to measure forgetting.
 
     Each finished phase leaves its weights in ``folder/phase-<i>-<hash>.safetensors``; a resumed run

@@ -13,15 +13,17 @@ change a value (it happens to work at most sites, but not at a computed ``hook_r
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import DataError, UnsupportedModelError
+from ..errors import ConfigError, DataError, UnsupportedModelError
 from ..hooks import HookPoint, name_sites
 from ..hooks import site_names as _site_names
 from ..models.codec import TokenizerCodec, no_tokenizer_message
+from ..models.protocol import greedy_decode
 from . import attention
 from .families import FAMILIES, Family
 
@@ -272,8 +274,47 @@ class HFModel(nn.Module):
     def vocab_size(self) -> int:
         return self.hf.config.vocab_size
 
+    @property
+    def max_context(self) -> int | None:
+        """Positions the model was built for (``max_position_embeddings``, GPT-2's ``n_positions``)."""
+        config = self.hf.config
+        for name in ("max_position_embeddings", "n_positions"):
+            value = getattr(config, name, None)
+            if isinstance(value, int):
+                return value
+        return None
+
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.hf.parameters())
+        return sum(p.numel() for p in self.hf.parameters())  # parameters() yields a tied weight once
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, eos_id: int | None = None) -> torch.Tensor:
+        """Greedy decoding with the HF model's own KV cache (a ``DynamicCache``), with TinyLM's
+        contract (``models.protocol.greedy_decode``): idx (B, T) prompts of equal length ->
+        new tokens (B, <= max_new_tokens), clipped to ``max_context``. Hook sites fire on every
+        step, the prompt's pass first, then one (B, 1) pass per new token."""
+        if self.kind != "causal-lm":
+            raise UnsupportedModelError(f"cannot generate with a {self.family} {self.kind} model: greedy decoding "
+                                        "needs a causal LM (a Llama, Qwen2 or GPT-2 folder).")
+        if self.max_context is not None:
+            if idx.shape[1] > self.max_context:
+                raise ConfigError(f"prompt of {idx.shape[1]} tokens exceeds the {self.family} model's context of "
+                                  f"{self.max_context} positions; shorten the prompt.")
+            max_new_tokens = min(max_new_tokens, self.max_context - idx.shape[1])
+        from transformers import DynamicCache
+
+        # transformers renamed ``past_key_values`` to ``cache`` during 5.x; the cache object is
+        # filled in place, so the same one is passed on and the output's copy is never read.
+        cache_kwarg = "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
+
+        def step(ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+            cache = DynamicCache(config=self.hf.config) if cache is None else cache
+            seen = cache.get_seq_length()
+            mask = torch.ones(ids.shape[0], seen + ids.shape[1], dtype=torch.long, device=ids.device)  # (B, T_past + T)
+            out = self.hf(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_kwarg: cache})
+            return out.logits, cache  # (B, T, V)
+
+        return greedy_decode(step, idx.to(self.device), max_new_tokens, eos_id)
 
 
 def site_names(model: nn.Module) -> list[str]:

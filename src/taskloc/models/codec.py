@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from ..errors import DataError
 from ..tasks.vocab import EOS, PAD, VOCAB_SIZE, encode
+
+if TYPE_CHECKING:
+    from .protocol import LanguageModel
 
 
 class Codec(Protocol):
@@ -112,8 +115,8 @@ def no_tokenizer_message(source: str) -> str:
 CHAR_CODEC = CharCodec()
 
 
-def codec_of(model: Any) -> Codec:
-    """The codec a model reads (TinyLM: characters; an HF model: its tokenizer). Every model
-    taskloc trains or scores has a ``codec``; a missing one is an error, never a silent fallback
-    to characters."""
+def codec_of(model: LanguageModel) -> Codec:
+    """The codec a model reads (TinyLM: characters; an HF model: its tokenizer); the same as
+    ``model.codec``, which ``LanguageModel`` requires. A model without a tokenizer raises there,
+    never falling back to characters."""
     return model.codec

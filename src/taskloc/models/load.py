@@ -18,12 +18,13 @@ from ..device import pick_device
 from ..errors import CheckpointError, DataError
 from ..io.resolve import is_run_dir, run_dir_model
 from .codec import no_tokenizer_message
+from .protocol import LanguageModel
 from .tinylm import ModelConfig, TinyLM
 
 
 @dataclass
 class LoadedModel:
-    model: nn.Module  # TinyLM or taskloc.hf.HFModel: forward(ids (B, T)) -> logits (B, T, V)
+    model: LanguageModel  # TinyLM or taskloc.hf.HFModel
     kind: str  # "tinylm" or the HF family
     encode: Callable[[str], list[int]]
     source: Path

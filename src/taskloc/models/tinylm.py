@@ -22,7 +22,7 @@ from torch import nn
 from ..attention import ATTENTION
 from ..config import Config, field
 from ..errors import ConfigError
-from ..hooks import HookPoint, name_sites
+from ..hooks import HookPoint, name_sites, site_names
 from .codec import CHAR_CODEC
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B, H, T_past, Dh)
@@ -219,3 +219,28 @@ class TinyLM(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    # -- LanguageModel (models/protocol.py) sizes and placement -----------------------------------
+
+    @property
+    def n_layer(self) -> int:
+        return self.cfg.n_layer
+
+    @property
+    def d_model(self) -> int:
+        return self.cfg.d_model
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def max_context(self) -> int:
+        return self.cfg.block_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.tok_emb.weight.device
+
+    def site_names(self) -> list[str]:
+        return site_names(self)

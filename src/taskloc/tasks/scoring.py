@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..models.codec import codec_of
+from ..models.protocol import LanguageModel
 from .base import Example, Task
 from .mixture import eval_examples
 
@@ -17,9 +18,9 @@ LOGITS_BUDGET = 1 << 27  # logit entries per forward pass in evaluation (512 MB 
 
 
 @torch.no_grad()
-def exact_match(model: torch.nn.Module, examples: list[Example], batch_size: int = 512) -> torch.Tensor:
+def exact_match(model: LanguageModel, examples: list[Example], batch_size: int = 512) -> torch.Tensor:
     """Bool tensor (N,): does greedy decoding reproduce each example's target?"""
-    device = next(model.parameters()).device
+    device = model.device
     codec = codec_of(model)
     out = []
     for i in range(0, len(examples), batch_size):
@@ -35,7 +36,7 @@ def exact_match(model: torch.nn.Module, examples: list[Example], batch_size: int
     return torch.cat(out).cpu()
 
 
-def accuracy_table(model: torch.nn.Module, tasks: list[Task], levels: list[int], n: int, seed: int) -> dict[str, dict[str, list[int]]]:
+def accuracy_table(model: LanguageModel, tasks: list[Task], levels: list[int], n: int, seed: int) -> dict[str, dict[str, list[int]]]:
     """{task: {level: [correct, total]}} on fixed evaluation sets."""
     table: dict[str, dict[str, list[int]]] = {}
     for task in tasks:
