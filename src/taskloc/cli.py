@@ -122,6 +122,52 @@ def graft(
     console.print(f"grafted {result.patched_entries:,} entries in {result.patched_tensors} tensors{warn}: {result.out}")
 
 
+@app.command()
+def merge(
+    base: Path = typer.Argument(..., help="base model: .safetensors file or HF folder (or .bin/.pt with --allow-pickle)"),
+    models: list[Path] = typer.Argument(..., help="models to merge, fine-tuned from the base (full checkpoints or PEFT LoRA adapters)"),
+    method: str = typer.Option(..., help="task_arithmetic | ties | dare_linear | dare_ties | slerp | core_isolation"),
+    out: Path = typer.Option(..., help="output: a .safetensors file for a single-file base, a new folder for an HF folder"),
+    lambda_: float | None = typer.Option(None, "--lambda", help="scale of the merged task vector (task_arithmetic, ties, dare_*; default 1)"),
+    weights: str | None = typer.Option(None, help="one weight per model, comma-separated (task_arithmetic, ties, dare_*; default 1 each)"),
+    k: str | None = typer.Option(None, help="ties: percent of each task vector kept by magnitude, in (0, 100] (default 20%)"),
+    trim: str | None = typer.Option(None, help="ties: top-k per tensor (tensor, default, as mergekit) or over the whole model (global)"),
+    p: str | None = typer.Option(None, help="dare_*: drop percent in [0, 100) (default 90%); core_isolation: core percent in (0, 100] (default 1%)"),
+    seed: int | None = typer.Option(None, help="dare_*: seed of the drop masks (default 0)"),
+    t: float | None = typer.Option(None, help="slerp: interpolation from BASE (0) to the model (1) (default 0.5)"),
+    noncore: str | None = typer.Option(None, help="core_isolation: non-core values by slerp (default), linear (mean) or base"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept pickle checkpoints (they can run code when loaded)"),
+) -> None:
+    """Merge models fine-tuned from one base, streaming one tensor at a time; the output keeps the base's format."""
+    from .merge import merge_checkpoints
+
+    options = {"lambda_": lambda_, "weights": weights, "k": k, "trim": trim, "p": p, "seed": seed, "t": t, "noncore": noncore}
+    result = merge_checkpoints(base, models, method=method, out=out, options=options, allow_pickle=allow_pickle)
+    shown = ", ".join(f"{key}={value}" for key, value in result.options.items() if key != "masks" and value is not None)
+    console.print(f"merged {len(models)} models into {result.out} with {method} ({shown})", highlight=False)
+
+
+@app.command()
+def cores(
+    base: Path = typer.Argument(..., help="base model the others were fine-tuned from"),
+    models: list[Path] = typer.Argument(..., help="fine-tuned models (full checkpoints or PEFT LoRA adapters)"),
+    p: str = typer.Option("1%", help="core = the global top p% of |model - base|, p in (0, 100]"),
+    tau: float = typer.Option(0.1, help="models whose cores overlap with Jaccard >= tau are grouped"),
+    json_out: Path | None = typer.Option(None, "--json", help="write sizes, overlaps and groups as JSON"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept pickle checkpoints (they can run code when loaded)"),
+) -> None:
+    """Core regions per model (CPI-FT): their Jaccard overlap matrix and the groups they form."""
+    from .io.atomic import write_json
+    from .merge import cores_of_paths
+    from .merge.render import print_cores
+
+    report = cores_of_paths(base, models, p=p, tau=tau, allow_pickle=allow_pickle)
+    print_cores(report)
+    if json_out is not None:
+        write_json(json_out, report.to_json())
+        console.print(f"json: {json_out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)

@@ -169,6 +169,8 @@ class CoreIsolation(MergeMethod):
         rule = self.options["noncore"]
         if rule == "base" or not bool(among.any()):
             return base
+        if all(torch.equal(tasks[0], t) for t in tasks[1:]):
+            return tasks[0]  # one distinct model: its values exactly, not an average rounded in float32
         if rule == "linear":
             return torch.stack(tasks).mean(dim=0)
         fused = tasks[0]

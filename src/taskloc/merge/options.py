@@ -29,7 +29,10 @@ def parse_percent(flag: str, value: Any, *, zero_ok: bool = False, hundred_ok: b
 
 
 def _finite(flag: str, value: Any) -> float:
-    x = float(value)
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} {value!r} is not a number.") from None
     if not math.isfinite(x):
         raise ConfigError(f"{flag} {value} must be a finite number.")
     return x
@@ -43,9 +46,10 @@ def unit_interval(flag: str, value: Any) -> float:
 
 
 def _seed(flag: str, value: Any) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < 0:
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
         raise ConfigError(f"{flag} {value} must be a whole number >= 0.")
-    return int(value)
+    return int(text)
 
 
 def _weights(flag: str, value: Any) -> tuple[float, ...]:
