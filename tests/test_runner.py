@@ -28,14 +28,15 @@ def test_run_directory_contents(reference_run):
     for name in ("config.json", "results.json", "report.html", "metrics.jsonl", "timings.json", "studies/base-model.json"):
         assert (reference_run / name).is_file(), name
     doc = json.loads((reference_run / "results.json").read_text())
-    claims = {c["id"]: c for c in doc["claims"]}
-    assert set(claims) == {"base-competent", "base-ood-gap"}
-    for c in claims.values():
-        assert c["verdict"] in ("pass", "fail") and len(c["interval"]) == 2 and c["interval"][0] <= c["interval"][1]
+    assert doc["claims"] == []  # base-model tests no claim: it only provides preconditions
+    checks = {c["id"]: c for c in doc["preconditions"]}
+    assert set(checks) == {"base-competent", "base-ood-gap"}
+    for c in checks.values():
+        assert c["check"] in ("pass", "fail") and len(c["interval"]) == 2 and c["interval"][0] <= c["interval"][1]
     acc = doc["studies"]["base-model"]["metrics"]["accuracy"]
     assert set(acc) == {"add", "sort", "reverse", "hop", "copy", "trace", "arith"}
     # A 60-step quick model cannot be competent; the verdict must say so rather than pass.
-    assert claims["base-competent"]["verdict"] == "fail"
+    assert checks["base-competent"]["check"] == "fail"
     html = (reference_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 4 and "base-competent" in html and "<script" not in html
 
@@ -110,5 +111,5 @@ def test_jsonl_task_with_missing_levels_runs_and_is_noted(tmp_path):
     acc = doc["studies"]["base-model"]["metrics"]["accuracy"]
     assert set(acc[f"jsonl:{task_file}"]) == {"1"}  # only the level the file has
     assert any("same file they are trained on" in n for n in doc["studies"]["base-model"]["notes"])
-    gap = next(c for c in doc["claims"] if c["id"] == "base-ood-gap")
+    gap = next(c for c in doc["preconditions"] if c["id"] == "base-ood-gap")
     assert "1 tasks" in gap["measure"]  # the file task has no OOD level, so only `add` has a gap

@@ -39,11 +39,26 @@ def run(
 
 
 @app.command("studies")
-def list_studies() -> None:
-    """List the studies and the claims each one tests."""
+def list_studies(verbose: bool = typer.Option(False, "--verbose", "-v", help="also list every setting with its default and help")) -> None:
+    """List the studies, the claims each tests (docs/claims.md) and, with --verbose, every setting."""
     from .runner import describe_studies
 
-    describe_studies()
+    describe_studies(verbose)
+
+
+@app.command()
+def claims(markdown: bool = typer.Option(False, "--markdown", help="print the raw Markdown (docs/claims.md)")) -> None:
+    """What each published claim (C0-C6) asserts, its source, the study that tests it and the rule that decides it."""
+    from .claims import claims_markdown
+
+    text = claims_markdown()
+    if markdown:
+        print(text)
+        return
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(text))
 
 
 @app.command()

@@ -14,14 +14,19 @@ import json
 import math
 import tomllib
 import typing
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from .errors import ConfigError
 from .registry import did_you_mean
 
 PRESETS = ("quick", "default", "full")
+
+# The dotted path of the config being built (``studies.weight-delta.finetune.``), so an error in
+# a nested config names the setting the user wrote, not the class that holds it.
+_PATH: ContextVar[str] = ContextVar("taskloc_config_path", default="")
 
 
 def field(default: Any, help: str, **kw: Any) -> Any:
@@ -91,13 +96,22 @@ def _describe(annotation: Any) -> str:
 class Config:
     """Base class; see module docstring."""
 
+    # Where this config sits when it is built directly rather than from a file or --set (e.g.
+    # "model."); ``from_dict`` knows the real path and overrides it.
+    section: ClassVar[str] = ""
+
+    def key(self, name: str) -> str:
+        """The full dotted name of setting ``name``, as a user writes it in --set or a file."""
+        return (getattr(self, "_path", None) or _PATH.get() or self.section) + name
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_path", _PATH.get() or self.section)
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             annotation = hints[f.name]
             value = _widen_ints(getattr(self, f.name), annotation)
             object.__setattr__(self, f.name, value)
-            where = f"{type(self).__name__}.{f.name}"
+            where = self.key(f.name)
             if not _type_ok(value, annotation):
                 raise ConfigError(
                     f"config value {where}={value!r} has the wrong type: "
@@ -139,7 +153,29 @@ class Config:
                 base = default.to_dict() if isinstance(default, Config) else {}
                 value = annotation.from_dict({**base, **value}, f"{where}{key}.")
             kwargs[key] = value
-        return cls(**kwargs)
+        token = _PATH.set(where)
+        try:
+            return cls(**kwargs)
+        finally:
+            _PATH.reset(token)
+
+    @classmethod
+    def describe_fields(cls, where: str = "") -> list[tuple[str, Any, str]]:
+        """(dotted name, default, help) for every setting, nested configs expanded: what
+        `taskloc studies --verbose` prints."""
+        rows: list[tuple[str, Any, str]] = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            annotation = hints[f.name]
+            if isinstance(annotation, type) and issubclass(annotation, Config):
+                rows.append((f"{where}{f.name}", "", f.metadata.get("help", "")))
+                for name, value, text in annotation.describe_fields(f"{where}{f.name}."):
+                    nested = getattr(default, name.rsplit(".", 1)[-1], value) if isinstance(default, Config) else value
+                    rows.append((name, nested, text))
+            else:
+                rows.append((f"{where}{f.name}", default, f.metadata.get("help", "")))
+        return rows
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

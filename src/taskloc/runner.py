@@ -1,245 +1,67 @@
 """Runs studies: resolves and validates everything first (so bad input leaves nothing behind),
-then shares cached artefacts (the pretrained base is trained once per config and reused by every
-study), writes results.json and report.html.
+orders studies so that those providing a precondition run before those requiring it, shares
+cached artefacts (the pretrained base is trained once per config and reused by every study),
+applies preconditions to claims, and writes results.json and report.html.
 
 A run directory is the unit of reproducibility:
     config.json        the full resolved configuration
     metrics.jsonl      training losses and other per-step logs (append-only)
-    artefacts/         cached models, keyed by config fingerprint (safetensors with metadata)
-    studies/NAME.json  each finished study's result, reused when the run is resumed
-    results.json       every study's result and the verdict table; same seed -> same bytes
+    artefacts/         cached models and other artefacts, content-addressed (safetensors with metadata)
+    studies/NAME.json  each finished study's result, reused when the run is resumed with the same code
+    results.json       claims, preconditions and every study's result; same seed -> same bytes (one machine)
     timings.json       wall-clock seconds (kept out of results.json so that stays reproducible)
     report.html        self-contained report
 """
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
-from .config import Config, apply_overrides, field, load_config_file, load_preset
+from .config import Config
 from .device import pick_device
 from .errors import ConfigError, DataError, RunDirError
-from .io import MemoryCheckpoint, fingerprint
-from .io.atomic import json_safe, write_json, write_safetensors, write_text
-from .models import LoadedModel, ModelConfig, TinyLM, codec_of, load_model, load_weights, weights_of
+from .io.atomic import json_safe, write_json, write_text
+from .models import LoadedModel, TinyLM, codec_of, load_model
 from .progress import console
+from .runconfig import RunConfig, resolve_config
 from .studies import STUDIES, Study
-from .tasks import VOCAB_SIZE, Task
-from .tasks.mixture import DataConfig, TaskMixture
-from .tasks.scoring import accuracy_table
-from .train import TrainConfig, checkpoint_step, train
-
-
-@dataclass
-class EvalConfig(Config):
-    examples: int = field(200, "examples per (task, level) cell in every evaluation")
-    seed: int = field(1234, "seed of the fixed evaluation sets")
-
-    def validate(self) -> None:
-        if self.examples < 1:
-            raise ConfigError(f"eval.examples={self.examples} must be at least 1.")
-
-
-@dataclass
-class RunConfig(Config):
-    preset: str = field("default", "preset the settings started from")
-    seed: int = field(0, "seed for model initialisation and training data")
-    model: ModelConfig = field(ModelConfig(), "TinyLM architecture")
-    data: DataConfig = field(DataConfig(), "tasks and levels")
-    pretrain: TrainConfig = field(TrainConfig(), "pretraining of the base model")
-    eval: EvalConfig = field(EvalConfig(), "evaluation sets")
-    studies: dict[str, dict[str, Any]] = field({}, "per-study settings, by study name")
-    model_path: str = field("", "study this model instead of pretraining TinyLM: a taskloc run directory or "
-                                ".safetensors, or a local Hugging Face causal-LM folder with its tokenizer (--model)")
-
-    def validate(self) -> None:
-        if self.model.vocab_size != VOCAB_SIZE:
-            raise ConfigError(f"model.vocab_size={self.model.vocab_size} must equal the task vocabulary size {VOCAB_SIZE}.")
-
-
-def resolve_config(preset: str, config_file: Path | None = None, overrides: tuple[str, ...] = (),
-                   model_path: Path | None = None) -> RunConfig:
-    data = load_preset(preset)
-    if config_file is not None:
-        data = _deep_merge(data, load_config_file(config_file))
-    data = apply_overrides(data, list(overrides))
-    if "preset" in data:
-        raise ConfigError("'preset' is chosen with --preset, not set in a config file or with --set.")
-    data["preset"] = preset
-    if model_path is not None:
-        data["model_path"] = str(model_path)
-    if data.get("model_path"):  # from --model, a config file or --set: one spelling per model
-        data["model_path"] = str(Path(str(data["model_path"])).expanduser().resolve())
-    if isinstance(data.get("model", {}), dict):
-        data.setdefault("model", {}).setdefault("vocab_size", VOCAB_SIZE)
-    return RunConfig.from_dict(data)
-
-
-def _deep_merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-class RunContext:
-    """What a study sees: the config, the device, the tasks, cached artefacts and a log."""
-
-    def __init__(self, run_dir: Path, cfg: RunConfig, device: torch.device, tasks: list[Task],
-                 source: LoadedModel | None = None) -> None:
-        self.run_dir, self.cfg, self.device, self.tasks = run_dir, cfg, device, tasks
-        self.source = source  # the model given with --model; None: pretrain the embedded TinyLM
-        # content fingerprint of the --model weights (sampled bytes of every tensor; milliseconds)
-        self.source_fingerprint = fingerprint(MemoryCheckpoint(weights_of(source.model))) if source else None
-        self._base: tuple[TinyLM, list[dict]] | None = None
-
-    def log(self, record: dict[str, Any]) -> None:
-        with (self.run_dir / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def _forget_log_after(self, phase: str, step: int) -> None:
-        """Drop the log lines of ``phase`` past ``step`` that a killed run wrote after its last
-        checkpoint, so a resumed run's metrics.jsonl has each step once."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line torn by the kill
-                continue
-            if not _logged_after(record, phase, step):
-                kept.append(line)
-        write_text(path, "".join(line + "\n" for line in kept))
-
-    def artefact_dir(self, kind: str, fingerprint: str) -> Path:
-        path = self.run_dir / "artefacts" / f"{kind}-{fingerprint}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def new_model(self, seed: int | None = None) -> TinyLM:
-        """A model of the base's architecture: a fresh TinyLM, or a copy of the --model model
-        (whose weights callers replace with ``load_weights``)."""
-        if self.source is not None:
-            return copy.deepcopy(self.source.model)
-        torch.manual_seed(self.cfg.seed if seed is None else seed)
-        return TinyLM(self.cfg.model).to(self.device)
-
-    def accuracy(self, model: TinyLM, levels: list[int] | None = None, tasks: list[Task] | None = None):
-        levels = levels or self.cfg.data.train_levels + self.cfg.data.ood_levels
-        return accuracy_table(model, tasks or self.tasks, levels, self.cfg.eval.examples, self.cfg.eval.seed)
-
-    def base_model(self) -> tuple[TinyLM, list[dict]]:
-        """The pretrained base and its learning curve; trained once per config, then loaded."""
-        if self._base is None:
-            if self.source is not None:  # given, not trained: its "learning curve" is one evaluation
-                self._base = (self.source.model, [{"step": 0, "accuracy": self.accuracy(self.source.model)}])
-            else:
-                self._base = self._load_or_pretrain()
-        return self._base
-
-    @property
-    def base_key(self) -> str:
-        cfg = self.cfg
-        key = Config.fingerprint(_Key(cfg.seed, cfg.model, cfg.data, cfg.pretrain, cfg.eval))
-        # the examples themselves (task files' contents, generator code) enter through the data
-        data = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed, cfg.data.weights).fingerprint()
-        return hashlib.sha256((key + data).encode()).hexdigest()[:16]
-
-    def finetune(self, label: str, key: dict[str, Any], start: dict[str, torch.Tensor], mixture: Any,
-                 train_cfg: TrainConfig, mask: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        """Fine-tune from ``start`` weights; cached (and resumable) under artefacts/ft-<hash of key>.
-        Returns the tuned weights on the CPU. ``key`` names what makes this run different from
-        others (task, seed, regime); the start weights, the mask, the training config and the data
-        fingerprint are hashed into it here, so a changed ingredient never reuses a stale run."""
-        model = self.new_model()
-        blob = json.dumps({**key, "start": _tensor_digest(start), "mask": _tensor_digest(mask) if mask else None,
-                           "train": train_cfg.to_dict(), "data": mixture.fingerprint(),
-                           "codec": codec_of(model).fingerprint}, sort_keys=True)
-        folder = self.artefact_dir("ft", hashlib.sha256(blob.encode()).hexdigest()[:16])
-        final = folder / "model.safetensors"
-        if final.exists():
-            return load_model_tensors(final)
-        load_weights(model, start)
-        checkpoint = folder / "checkpoint.safetensors"
-        train(model, train_cfg, mixture, checkpoint=checkpoint, mask=mask, label=label,
-              meta={"kind": "finetune", "key": blob}, log=lambda r: None)
-        tensors = weights_of(model)
-        write_safetensors(final, tensors, {"taskloc": blob})
-        checkpoint.unlink(missing_ok=True)
-        return tensors
-
-    def _load_or_pretrain(self) -> tuple[TinyLM, list[dict]]:
-        cfg = self.cfg
-        folder = self.artefact_dir("base", self.base_key)
-        final = folder / "model.safetensors"
-        model = self.new_model()
-        if final.exists():
-            load_weights(model, load_model_tensors(final))
-            return model, json.loads((folder / "history.json").read_text())
-        mixture = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed, cfg.data.weights)
-        checkpoint = folder / "checkpoint.safetensors"
-        if checkpoint.exists():  # resuming: the steps after the checkpoint are logged again
-            self._forget_log_after("pretrain base", checkpoint_step(checkpoint))
-        history = train(model, cfg.pretrain, mixture, checkpoint=checkpoint,
-                        evaluate=lambda m: {"accuracy": self.accuracy(m)}, label="pretrain base",
-                        meta={"kind": "pretrain", "data_hash": mixture.fingerprint()},
-                        log=lambda r: self.log(r) if r["step"] % 10 == 0 else None)
-        write_json(folder / "history.json", history)
-        write_safetensors(final, weights_of(model), {
-            "taskloc": json.dumps({"kind": "base", "model": cfg.model.to_dict(), "step": cfg.pretrain.steps,
-                                   "data_hash": mixture.fingerprint(), "seed": cfg.seed})})
-        checkpoint.unlink(missing_ok=True)
-        return model, history
-
-
-def _logged_after(record: dict[str, Any], phase: str, step: int) -> bool:
-    return record.get("phase") == phase and isinstance(record.get("step"), int) and record["step"] > step
-
-
-def _tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class _Key(Config):
-    seed: int = 0
-    model: ModelConfig = field(ModelConfig(), "")
-    data: DataConfig = field(DataConfig(), "")
-    pretrain: TrainConfig = field(TrainConfig(), "")
-    eval: EvalConfig = field(EvalConfig(), "")
-
-
-def load_model_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
+from .studies.base import apply_preconditions
+from .studies.cache import package_version
+from .studies.context import StudyContext, study_settings
+from .tasks import Task
 
 
 def resolve_studies(names: list[str], cfg: RunConfig) -> list[tuple[Study, Config]]:
-    names = names or STUDIES.names()
+    """The studies to run, in order, with their typed settings: those asked for (default: all),
+    plus any study that provides a precondition one of them requires, placed before it."""
     unknown_cfg = sorted(set(cfg.studies) - set(STUDIES.names()))
     if unknown_cfg:
         STUDIES.get(unknown_cfg[0])  # raises with did-you-mean
+    providers = {p: n for n in STUDIES.names() for p in STUDIES.get(n).provides}
+    ordered: list[str] = []
+
+    def add(name: str) -> None:
+        study_cls = STUDIES.get(name)  # unknown name -> did-you-mean
+        for needed in study_cls.requires:
+            if needed not in providers:
+                raise ConfigError(f"study {name!r} requires precondition {needed!r}, which no study provides.")
+            if providers[needed] != name:
+                add(providers[needed])
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in names or STUDIES.names():
+        add(name)
     out = []
-    for name in names:
+    for name in ordered:
         study_cls = STUDIES.get(name)
-        study_cfg = study_cls.Config.from_dict(cfg.studies.get(name, {}), f"studies.{name}.")
+        study_cfg = study_settings(cfg, name, study_cls.Config)
         study = study_cls()
         study.check(study_cfg, cfg)  # settings that only make sense against the run's data
         out.append((study, study_cfg))
@@ -271,13 +93,13 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         write_text(run_dir / "config.json", config_json)
-        ctx = RunContext(run_dir, cfg, dev, tasks, source)
+        ctx = StudyContext(run_dir, cfg, dev, tasks, source)
         results, timings = {}, {}
         for study, study_cfg in plan:
             started = time.perf_counter()
             results[study.name] = _run_cached(ctx, study, study_cfg)
             timings[study.name] = round(time.perf_counter() - started, 2)
-        document = build_results(cfg, results)
+        document = build_results(cfg, results, {study.name: study.requires for study, _ in plan})
         write_json(run_dir / "results.json", document)
         write_json(run_dir / "timings.json", {"seconds": timings, "device": str(dev), "threads": torch.get_num_threads()})
         from .report import write_report
@@ -341,36 +163,63 @@ def _config_record(cfg: RunConfig) -> dict[str, Any]:
     return record
 
 
-def _run_cached(ctx: RunContext, study: Study, study_cfg: Config) -> dict[str, Any]:
+def _run_cached(ctx: StudyContext, study: Study, study_cfg: Config) -> dict[str, Any]:
+    """A study's result as it left ``run`` (before preconditions are applied), reused when the
+    settings, the --model weights and taskloc's code are unchanged."""
     path = ctx.run_dir / "studies" / f"{study.name}.json"
-    # a --model folder rewritten in place must not reuse results computed on its old weights
-    key = study_cfg.fingerprint() + (ctx.source_fingerprint or "")
+    key = {"settings": study_cfg.fingerprint(), "model": ctx.given_fingerprint, "code": package_version()}
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("config_fingerprint") == key:
+        if saved.get("key") == key:
             return saved["result"]
     console.print(f"[bold]study {study.name}[/bold]: {study.summary}")
     result = study.run(ctx, study_cfg).to_dict()
-    for claim in result["claims"]:
-        claim["study"] = study.name
-    write_json(path, {"config_fingerprint": key, "result": result})
+    for record in result["claims"] + result["preconditions"]:
+        record["study"] = study.name
+    write_json(path, {"key": key, "result": result})
     return result
 
 
-def build_results(cfg: RunConfig, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    claims = [c for r in results.values() for c in r["claims"]]
+def build_results(cfg: RunConfig, results: dict[str, dict[str, Any]], requires: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """results.json: the claims (C0..C6) apart from the preconditions that gate them, and every
+    study's full result. A claim whose study requires a failed precondition is downgraded here."""
+    results = json.loads(json.dumps(json_safe(results)))  # a copy: the cached study files stay as measured
+    checks = {p["id"]: p for r in results.values() for p in r["preconditions"]}
+    for name, result in results.items():
+        apply_preconditions(result, requires.get(name, ()), checks)
     return json_safe({"taskloc_version": __version__, "preset": cfg.preset, "config": cfg.to_dict(),
-                       "claims": claims, "studies": results})
+                      "claims": [c for r in results.values() for c in r["claims"]],
+                      "preconditions": [p for r in results.values() for p in r["preconditions"]],
+                      "studies": results})
 
 
-def describe_studies() -> None:
+def describe_studies(verbose: bool = False) -> None:
+    """`taskloc studies`: each study, the claims it tests and its preconditions; with
+    ``verbose``, every setting with its default and help text."""
+    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="taskloc studies")
-    table.add_column("study")
-    table.add_column("claims")
-    table.add_column("what it does")
+    console = Console()  # a listing: stdout, unlike progress and errors
+    table = Table(title="taskloc studies (claims: `taskloc claims`, docs/claims.md)")
+    for col in ("study", "claims", "requires", "what it does"):
+        table.add_column(col)
     for name in STUDIES.names():
         s = STUDIES.get(name)
-        table.add_row(name, ", ".join(s.claims) or "-", s.summary)
+        table.add_row(name, ", ".join(s.claims) or "-", ", ".join(s.requires) or "-", s.summary)
     console.print(table)
+    if not verbose:
+        console.print("[dim]taskloc studies --verbose lists every setting (set with --set studies.NAME.KEY=VALUE).[/dim]")
+        return
+    shared = Table(title="run settings (--set KEY=VALUE)")
+    for col in ("setting", "default", "what it does"):
+        shared.add_column(col, overflow="fold")
+    for key, default, text in RunConfig.describe_fields():
+        shared.add_row(key, "" if default == "" else json.dumps(json_safe(default)), text)
+    console.print(shared)
+    for name in STUDIES.names():
+        t = Table(title=f"studies.{name}")
+        for col in ("setting", "default", "what it does"):
+            t.add_column(col, overflow="fold")
+        for key, default, text in STUDIES.get(name).Config.describe_fields(f"studies.{name}."):
+            t.add_row(key, "" if default == "" else json.dumps(json_safe(default)), text)
+        console.print(t)

@@ -43,12 +43,12 @@ class TrainConfig(Config):
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "ckpt_every"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
+                raise ConfigError(f"{self.key(name)}={getattr(self, name)} must be at least 1.")
         if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be positive.")
+            raise ConfigError(f"{self.key('lr')}={self.lr} must be positive.")
         if self.warmup < 0 or not 0 <= self.min_lr_frac <= 1 or self.grad_clip <= 0 or self.weight_decay < 0:
-            raise ConfigError(f"warmup={self.warmup} must be >= 0, min_lr_frac={self.min_lr_frac} in [0, 1], "
-                              f"grad_clip={self.grad_clip} > 0 and weight_decay={self.weight_decay} >= 0.")
+            raise ConfigError(f"{self.key('warmup')}={self.warmup} must be >= 0, {self.key('min_lr_frac')}={self.min_lr_frac} in [0, 1], "
+                              f"{self.key('grad_clip')}={self.grad_clip} > 0 and {self.key('weight_decay')}={self.weight_decay} >= 0.")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

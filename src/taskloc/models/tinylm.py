@@ -30,6 +30,7 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v of shape (B
 
 @dataclass
 class ModelConfig(Config):
+    section = "model."
     vocab_size: int = field(64, "number of token ids")
     block_size: int = field(64, "longest sequence (prompt + answer) the model can read")
     n_layer: int = field(4, "number of transformer blocks")
@@ -45,10 +46,10 @@ class ModelConfig(Config):
     def validate(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model", "d_mlp"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be at least 1.")
+                raise ConfigError(f"{self.key(name)}={getattr(self, name)} must be at least 1.")
         if self.d_model % self.n_head:
             raise ConfigError(
-                f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}; "
+                f"{self.key('d_model')}={self.d_model} is not divisible by {self.key('n_head')}={self.n_head}; "
                 "pick a head count that divides the width."
             )
         ATTENTION.get(self.attention)  # unknown kernel -> did-you-mean error

@@ -1,6 +1,5 @@
 """Study registry; importing this package registers every built-in study."""
-from . import base_model  # noqa: F401
-from .base import STUDIES, Claim, Study, StudyResult
+from . import base_model, weight_delta  # noqa: F401  (registration)
+from .base import STUDIES, Claim, Precondition, Study, StudyResult
 
-__all__ = ["STUDIES", "Claim", "Study", "StudyResult"]
-from . import weight_delta  # noqa: F401
+__all__ = ["STUDIES", "Claim", "Precondition", "Study", "StudyResult"]

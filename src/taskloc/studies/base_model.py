@@ -13,20 +13,23 @@ import numpy as np
 
 from ..config import Config, field
 from ..errors import ConfigError
-from .base import STUDIES, Claim, Study, StudyResult, bars_figure, heatmap_figure, lines_figure
+from .base import STUDIES, Precondition, Study, StudyResult, bars_figure, heatmap_figure, lines_figure
+from .context import StudyContext
 from .stats import bootstrap_mean, wilson
+from .verdicts import Estimate, IntervalCheck, Threshold
 
 
 @dataclass
 class BaseModelConfig(Config):
+    section = "studies.base-model."
     competence: float = field(0.95, "exact-match accuracy every trained (task, level) cell must reach")
     ood_gap: float = field(0.2, "how far OOD accuracy must fall below trained accuracy to count as 'clearly worse'")
 
     def validate(self) -> None:
         if not 0 < self.competence <= 1:
-            raise ConfigError(f"studies.base-model.competence={self.competence} must lie in (0, 1].")
+            raise ConfigError(f"{self.key('competence')}={self.competence} must lie in (0, 1].")
         if not 0 <= self.ood_gap < 1:
-            raise ConfigError(f"studies.base-model.ood_gap={self.ood_gap} must lie in [0, 1).")
+            raise ConfigError(f"{self.key('ood_gap')}={self.ood_gap} must lie in [0, 1).")
 
 
 def _rate(cell: list[int]) -> float:
@@ -39,43 +42,35 @@ def weakest_trained_cell(accuracy: dict[str, dict[str, list[int]]], train_levels
     return min(cells, key=lambda c: _rate(c[2]))
 
 
-def base_is_competent(ctx) -> tuple[bool, str]:
-    """Whether the run's base model passes the base-model study's competence bar, and a line
-    saying so; studies built on the base downgrade their verdicts when it does not."""
-    _, history = ctx.base_model()
-    bar = ctx.cfg.studies.get("base-model", {}).get("competence", BaseModelConfig().competence)
-    task, level, cell = weakest_trained_cell(history[-1]["accuracy"], ctx.cfg.data.train_levels)
-    ok = _rate(cell) >= bar
-    return ok, f"the base model's weakest trained cell ({task}, level {level}) scores {_rate(cell):.3f} against the bar {bar}"
-
-
 @STUDIES.register("base-model")
 class BaseModelStudy(Study):
     name = "base-model"
     summary = "pretrain TinyLM on the synthetic task mixture (or take --model); accuracy per task and level, trained vs OOD"
     claims = ()
+    provides = ("base-competent", "base-ood-gap")
     Config = BaseModelConfig
 
-    def run(self, ctx, cfg: BaseModelConfig) -> StudyResult:
-        model, history = ctx.base_model()
-        acc = history[-1]["accuracy"]  # evaluated on the final weights
+    def run(self, ctx: StudyContext, cfg: BaseModelConfig) -> StudyResult:
+        base = ctx.base_model()
+        model, history = base.model, base.history
+        acc = base.final_accuracy  # evaluated on the final weights
         trained = [str(lv) for lv in ctx.cfg.data.train_levels]
         ood = [str(lv) for lv in ctx.cfg.data.ood_levels]
         tasks = list(acc)
-        pretrained = ctx.source is None  # else the --model model, evaluated as given
+        pretrained = ctx.given is None  # else the --model model, evaluated as given
         result = StudyResult(metrics={"accuracy": acc, "parameters": model.num_params(),
                                       "pretrain_steps": ctx.cfg.pretrain.steps if pretrained else None,
-                                      "model_fingerprint": ctx.source_fingerprint})
+                                      "model_fingerprint": ctx.given_fingerprint})
 
         # Precondition 1: every trained cell at or above the competence bar.
         worst_task, worst_level, worst = weakest_trained_cell(acc, ctx.cfg.data.train_levels)
         ood_rate = _mean_rate([acc[t][lv] for t in tasks for lv in ood if lv in acc[t]])
-        result.claims.append(Claim(
+        competent = Threshold(cfg.competence, "the weakest trained cell's exact match (point estimate)")
+        result.preconditions.append(Precondition(
             id="base-competent", statement=f"the base model reaches {cfg.competence:.0%} exact match on every trained (task, level)",
-            verdict="pass" if _rate(worst) >= cfg.competence else "fail",
-            measure=f"weakest trained cell ({worst_task}, level {worst_level}) accuracy", value=_rate(worst),
-            interval=wilson(*worst), control=f"for reference, OOD levels {', '.join(ood) or '-'}: pooled accuracy {ood_rate:.3f}",
-            rule=f"pass when the weakest trained cell's accuracy (point estimate) >= {cfg.competence}"))
+            check=competent.check(_rate(worst)), measure=f"weakest trained cell ({worst_task}, level {worst_level}) accuracy",
+            value=_rate(worst), interval=wilson(*worst),
+            control=f"for reference, OOD levels {', '.join(ood) or '-'}: pooled accuracy {ood_rate:.3f}", rule=competent.describe()))
 
         # Precondition 2: OOD levels are clearly harder, task by task (a per-task gap, so a task mix
         # that differs between trained and OOD cells cannot fake one), uncertainty over tasks.
@@ -83,12 +78,13 @@ class BaseModelStudy(Study):
                 for t in tasks if any(lv in acc[t] for lv in ood) and any(lv in acc[t] for lv in trained)}
         lo, hi = bootstrap_mean(list(gaps.values()), seed=ctx.cfg.seed)
         gap = float(np.mean(list(gaps.values()))) if gaps else float("nan")
-        verdict = "pass" if lo > cfg.ood_gap else ("fail" if np.isfinite(lo) else "inconclusive")
-        result.claims.append(Claim(
+        harder = IntervalCheck(cfg.ood_gap, f"trained minus OOD accuracy (bootstrap over {len(gaps)} tasks)")
+        result.preconditions.append(Precondition(
             id="base-ood-gap", statement="accuracy on unseen (OOD) levels is clearly below accuracy on trained levels",
-            verdict=verdict, measure=f"trained minus OOD accuracy, mean over {len(gaps)} tasks", value=gap, interval=(lo, hi),
+            check=harder.check(Estimate(gap, (lo, hi))), measure=f"trained minus OOD accuracy, mean over {len(gaps)} tasks",
+            value=gap, interval=(lo, hi),
             control=f"smallest per-task gap {min(gaps.values()):.3f} ({min(gaps, key=gaps.get)})" if gaps else "no task has both trained and OOD levels",
-            rule=f"pass when the 95% bootstrap interval (over tasks) lies above {cfg.ood_gap}"))
+            rule=harder.describe()))
 
         levels = trained + ood
         result.figures.append(heatmap_figure(
@@ -122,7 +118,7 @@ class BaseModelStudy(Study):
                                 f"of {ctx.cfg.pretrain.batch_size} examples on levels {', '.join(trained)}; "
                                 f"levels {', '.join(ood) or 'none'} are never trained on.")
         else:
-            result.notes.append(f"The {ctx.source.kind} model from {ctx.source.source} ({model.num_params():,} parameters), evaluated as given: "
+            result.notes.append(f"The {ctx.given.kind} model from {ctx.given.source} ({model.num_params():,} parameters), evaluated as given: "
                                 f"'trained' levels {', '.join(trained)} are the levels the studies fine-tune on, which "
                                 "this model may never have seen.")
         return result

@@ -40,15 +40,17 @@ from ..tasks import get_task
 from ..tasks.mixture import ShuffledTargets, TaskMixture, eval_examples
 from ..tasks.scoring import exact_match
 from ..train import TrainConfig
-from .base import STUDIES, Claim, Study, StudyResult, bars_figure, lines_figure
-from .base_model import base_is_competent
+from .base import STUDIES, Claim, Study, StudyResult, bars_figure, decide_claim, lines_figure
+from .context import StudyContext
 from .stats import NAN_INTERVAL, bootstrap_mean
+from .verdicts import Above, AllOf, Below, Estimate, FirstOf
 
 StateDict = dict[str, torch.Tensor]
 
 
 @dataclass
 class WeightDeltaConfig(Config):
+    section = "studies.weight-delta."
     tasks: list[str] = field(["add", "sort", "hop", "copy"], "tasks to fine-tune on, one delta per task and seed")
     seeds: int = field(3, "fine-tuning seeds per task (data order); intervals resample tasks, seeds within them")
     control_seeds: int = field(1, "seeds per task (<= seeds) for the shuffled-label control and the masked (LT-SFT / random) runs")
@@ -62,22 +64,21 @@ class WeightDeltaConfig(Config):
     min_gain: float = field(0.2, "runs whose full fine-tuning gains less accuracy than this are left out of every verdict")
 
     def validate(self) -> None:
-        where = "studies.weight-delta."
         if self.seeds < 2:
-            raise ConfigError(f"{where}seeds={self.seeds}: need at least 2 seeds per task.")
+            raise ConfigError(f"{self.key('seeds')}={self.seeds}: need at least 2 seeds per task.")
         if not 1 <= self.control_seeds <= self.seeds:
-            raise ConfigError(f"{where}control_seeds={self.control_seeds} must lie between 1 and seeds={self.seeds}.")
+            raise ConfigError(f"{self.key('control_seeds')}={self.control_seeds} must lie between 1 and seeds={self.seeds}.")
         if len(self.tasks) < 2:
-            raise ConfigError(f"{where}tasks={self.tasks}: need at least 2 tasks (intervals resample tasks).")
+            raise ConfigError(f"{self.key('tasks')}={self.tasks}: need at least 2 tasks (intervals resample tasks).")
         for name in ("support_fraction", "mask_fraction", "recovered"):
             if not 0 < getattr(self, name) <= 1:
-                raise ConfigError(f"{where}{name}={getattr(self, name)} must lie in (0, 1].")
+                raise ConfigError(f"{self.key(name)}={getattr(self, name)} must lie in (0, 1].")
         if not 0 <= self.min_gain < 1:
-            raise ConfigError(f"{where}min_gain={self.min_gain} must lie in [0, 1).")
+            raise ConfigError(f"{self.key('min_gain')}={self.min_gain} must lie in [0, 1).")
         if any(not 0 <= f <= 1 for f in self.graft_fractions):
-            raise ConfigError(f"{where}graft_fractions={self.graft_fractions}: each must lie in [0, 1].")
+            raise ConfigError(f"{self.key('graft_fractions')}={self.graft_fractions}: each must lie in [0, 1].")
         if self.support_fraction not in self.graft_fractions:
-            raise ConfigError(f"{where}support_fraction={self.support_fraction} must be one of graft_fractions={self.graft_fractions}.")
+            raise ConfigError(f"{self.key('support_fraction')}={self.support_fraction} must be one of graft_fractions={self.graft_fractions}.")
 
 
 CURVE_GRID = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
@@ -128,7 +129,29 @@ def jaccard_chance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], da: S
 
 def _claim_inconclusive(statement: str, measure: str, why: str) -> Claim:
     return Claim(id="C0", statement=statement, verdict="inconclusive", measure=measure, value=float("nan"),
-                 interval=NAN_INTERVAL, control=why, rule=why)
+                 interval=NAN_INTERVAL, level=0.95, control=why, rule=why, reason=why)
+
+
+def _estimate(values, seed: int, clusters) -> Estimate:
+    return Estimate(float(np.mean(values)), bootstrap_mean(values, seed=seed, clusters=clusters))
+
+
+# The rules that decide C0, one per measurement; their describe() is the report's rule text.
+CONCENTRATION_RULE = AllOf(Above("vs_null", 0.0, "task minus Gaussian null (paired)"),
+                           Above("vs_shuffled", 0.0, "task minus shuffled-label control (paired)"))
+
+
+def grafting_rule(recovered: float) -> FirstOf:
+    """Localised, redundant or dense, in that order; the first shape whose rule holds decides."""
+    return FirstOf(
+        ("localised", "supported", AllOf(Above("topk", recovered, "top-k gain kept"), Above("topk_vs_dare", 0.0, "top-k minus DARE (paired)"))),
+        ("redundant: random rescaled works as well", "not supported", Above("dare", recovered, "DARE gain kept")),
+        ("dense: neither top-k nor random keeps the skill", "not supported",
+         AllOf(Below("topk", recovered, "top-k gain kept"), Below("dare", recovered, "DARE gain kept"))))
+
+
+def imposed_rule(recovered: float) -> AllOf:
+    return AllOf(Above("lt_sft", recovered, "LT-SFT gain kept"), Above("lt_vs_random", 0.0, "LT-SFT minus random mask (paired)"))
 
 
 @STUDIES.register("weight-delta")
@@ -136,17 +159,27 @@ class WeightDeltaStudy(Study):
     name = "weight-delta"
     summary = "full fine-tuning deltas: concentration vs null and shuffled control, grafting, support overlap, LT-SFT"
     claims = ("C0",)
+    requires = ("base-competent",)
     Config = WeightDeltaConfig
+
+    @classmethod
+    def rules(cls, cfg: WeightDeltaConfig):
+        k = f"{cfg.support_fraction:.0%}"
+        return [("C0", f"concentration: share of delta energy in the top {k} vs a Gaussian null and a shuffled-label fine-tune",
+                 CONCENTRATION_RULE),
+                ("C0", f"grafting: share of the fine-tuning gain kept by base + top-{k} of the delta vs a random {k} (DARE)",
+                 grafting_rule(cfg.recovered)),
+                ("C0", f"imposed sparsity: LT-SFT on the top {cfg.mask_fraction:.0%} vs a random mask", imposed_rule(cfg.recovered))]
 
     def check(self, cfg: WeightDeltaConfig, run_cfg) -> None:
         level = self.target_level(cfg, run_cfg)
         if level in run_cfg.data.train_levels:
-            raise ConfigError(f"studies.weight-delta.target_level={level} is a trained level {run_cfg.data.train_levels}; "
+            raise ConfigError(f"{cfg.key('target_level')}={level} is a trained level {run_cfg.data.train_levels}; "
                               "pick a level the base never saw (0 = the first OOD level).")
         for name in cfg.tasks:
             task = get_task(name)
             if level not in task.levels:
-                raise ConfigError(f"studies.weight-delta: task {name!r} has no level {level}; its levels are {list(task.levels)}.")
+                raise ConfigError(f"studies.weight-delta.tasks: task {name!r} has no level {level}; its levels are {list(task.levels)}.")
 
     @staticmethod
     def target_level(cfg: WeightDeltaConfig, run_cfg) -> int:
@@ -154,8 +187,8 @@ class WeightDeltaStudy(Study):
             return cfg.target_level
         return run_cfg.data.ood_levels[0] if run_cfg.data.ood_levels else max(run_cfg.data.train_levels) + 1
 
-    def run(self, ctx, cfg: WeightDeltaConfig) -> StudyResult:
-        base_model, _ = ctx.base_model()
+    def run(self, ctx: StudyContext, cfg: WeightDeltaConfig) -> StudyResult:
+        base_model = ctx.base_model().model
         # Every state dict in this study lives on the CPU; only the evaluation model is on ctx.device.
         base = weights_of(base_model)
         level = self.target_level(cfg, ctx.cfg)
@@ -206,13 +239,6 @@ class WeightDeltaStudy(Study):
         self._support(cfg, runs, result)
         self._imposed(cfg, controls, result)
         self._profile(runs, result)
-        competent, why = base_is_competent(ctx)
-        if not competent:
-            for claim in result.claims:
-                claim.verdict = "inconclusive"
-                claim.rule += f"; downgraded to inconclusive: {why}"
-            result.notes.append(f"Verdicts downgraded to inconclusive because {why}: deltas from a base that has not "
-                                "learned its tasks say little about fine-tuning a competent model.")
         result.notes.insert(0, (
             f"{len(tasks)} tasks x {cfg.seeds} seeds of full fine-tuning ({cfg.finetune.steps} steps of {cfg.finetune.batch_size}) "
             f"on levels {levels}; the skill gained is accuracy at level {level}, which the base never trained on. "
@@ -266,25 +292,18 @@ class WeightDeltaStudy(Study):
             result.claims.append(_claim_inconclusive(statement, measure, f"needs runs of >= 2 tasks whose fine-tuning gained >= {cfg.min_gain}"))
             return
         tasks = [t for t, _ in top]
-        lo, hi = bootstrap_mean([v for _, v in top], seed=2, clusters=tasks)
-        dlo, dhi = bootstrap_mean([a - b for (_, a), (_, b) in zip(top, dare)], seed=3, clusters=tasks)  # paired by run
-        dare_lo, dare_hi = bootstrap_mean([v for _, v in dare], seed=4, clusters=tasks)
-        if lo >= cfg.recovered and dlo > 0:
-            verdict, shape = "supported", "localised"
-        elif dare_lo >= cfg.recovered:
-            verdict, shape = "not supported", "redundant: random rescaled works as well"
-        elif hi < cfg.recovered and dare_hi < cfg.recovered:
-            verdict, shape = "not supported", "dense: neither top-k nor random keeps the skill"
-        else:
-            verdict, shape = "inconclusive", "intervals straddle the threshold"
+        estimates = {"topk": _estimate([v for _, v in top], 2, tasks),
+                     "topk_vs_dare": _estimate([a - b for (_, a), (_, b) in zip(top, dare)], 3, tasks),  # paired by run
+                     "dare": _estimate([v for _, v in dare], 4, tasks)}
+        rule = grafting_rule(cfg.recovered)
+        shape = rule.label(estimates) or "intervals straddle the threshold"
+        e_dare, e_diff = estimates["dare"], estimates["topk_vs_dare"]
         rnd = curves["random"].get(k, [])
         result.metrics["grafting_shape"] = shape
-        result.claims.append(Claim(
-            id="C0", statement=statement, verdict=verdict, measure=f"{measure} ({shape})", value=float(np.mean([v for _, v in top])),
-            interval=(lo, hi), control=f"random {k:.0%} rescaled (DARE) {np.mean([v for _, v in dare]):.2f} [{dare_lo:.2f}, {dare_hi:.2f}], "
-                                       f"unscaled {np.mean([v for _, v in rnd]):.2f}; top-k minus DARE (paired) [{dlo:.2f}, {dhi:.2f}]",
-            rule=f"supported if the lower bound >= {cfg.recovered} and top-k beats DARE; not supported if DARE also recovers "
-                 f"(redundant) or both upper bounds < {cfg.recovered} (dense)"))
+        result.claims.append(decide_claim(
+            "C0", statement, rule, estimates, "topk", measure=f"{measure} ({shape})",
+            control=f"random {k:.0%} rescaled (DARE) {e_dare.value:.2f} [{e_dare.interval[0]:.2f}, {e_dare.interval[1]:.2f}], "
+                    f"unscaled {np.mean([v for _, v in rnd]):.2f}; top-k minus DARE (paired) [{e_diff.interval[0]:.2f}, {e_diff.interval[1]:.2f}]"))
 
     # -- 1. concentration ---------------------------------------------------------------------------
     def _concentration(self, cfg, runs, valid, controls, result: StudyResult) -> None:
@@ -323,21 +342,15 @@ class WeightDeltaStudy(Study):
             result.claims.append(_claim_inconclusive(statement, measure, f"needs runs of >= 2 tasks whose fine-tuning gained >= {cfg.min_gain}"))
             return
         tasks = [p[0] for p in paired]
-        t = [p[1] for p in paired]
-        lo, hi = bootstrap_mean(t, seed=5, clusters=tasks)
-        dlo, dhi = bootstrap_mean([p[1] - p[2] for p in paired], seed=6, clusters=tasks)
-        nlo, nhi = bootstrap_mean([p[1] - p[3] for p in paired], seed=7, clusters=tasks)
-        if nlo > 0 and dlo > 0:
-            verdict = "supported"
-        elif nhi <= 0 or dhi <= 0:
-            verdict = "not supported"
-        else:
-            verdict = "inconclusive"
-        result.claims.append(Claim(
-            id="C0", statement=statement, verdict=verdict, measure=measure, value=float(np.mean(t)), interval=(lo, hi),
-            control=f"Gaussian null {np.mean([p[3] for p in paired]):.3f} (task minus null [{nlo:.3f}, {nhi:.3f}]); "
-                    f"shuffled-label fine-tune {np.mean([p[2] for p in paired]):.3f} (task minus control [{dlo:.3f}, {dhi:.3f}])",
-            rule="supported if both paired differences are > 0 (lower bounds); not supported if either upper bound <= 0"))
+        estimates = {"task": _estimate([p[1] for p in paired], 5, tasks),
+                     "vs_shuffled": _estimate([p[1] - p[2] for p in paired], 6, tasks),
+                     "vs_null": _estimate([p[1] - p[3] for p in paired], 7, tasks)}
+        n_lo, n_hi = estimates["vs_null"].interval
+        d_lo, d_hi = estimates["vs_shuffled"].interval
+        result.claims.append(decide_claim(
+            "C0", statement, CONCENTRATION_RULE, estimates, "task", measure=measure,
+            control=f"Gaussian null {np.mean([p[3] for p in paired]):.3f} (task minus null [{n_lo:.3f}, {n_hi:.3f}]); "
+                    f"shuffled-label fine-tune {np.mean([p[2] for p in paired]):.3f} (task minus control [{d_lo:.3f}, {d_hi:.3f}])"))
 
     # -- 3. support stability ---------------------------------------------------------------------
     def _support(self, cfg, runs, result: StudyResult) -> None:
@@ -384,14 +397,11 @@ class WeightDeltaStudy(Study):
         tasks = [c["task"] for c in usable]
         rec_lt = [recovered_share(float(c["lt_acc"].mean()), c["full"]) for c in usable]
         rec_rnd = [recovered_share(float(c["rnd_acc"].mean()), c["full"]) for c in usable]
-        lo, hi = bootstrap_mean(rec_lt, seed=9, clusters=tasks)
-        dlo, dhi = bootstrap_mean([a - b for a, b in zip(rec_lt, rec_rnd)], seed=10, clusters=tasks)
-        verdict = "supported" if lo >= cfg.recovered and dlo > 0 else ("not supported" if hi < cfg.recovered or dhi <= 0 else "inconclusive")
-        result.claims.append(Claim(
-            id="C0", statement=statement, verdict=verdict, measure="gain recovered by LT-SFT", value=float(np.mean(rec_lt)),
-            interval=(lo, hi), control=f"random {k:.0%} mask recovers {np.mean(rec_rnd):.2f} (LT-SFT minus random, paired [{dlo:.2f}, {dhi:.2f}])",
-            rule=f"supported if the lower bound >= {cfg.recovered} and LT-SFT beats random; not supported if the upper bound < "
-                 f"{cfg.recovered} or LT-SFT does not beat random"))
+        estimates = {"lt_sft": _estimate(rec_lt, 9, tasks), "lt_vs_random": _estimate([a - b for a, b in zip(rec_lt, rec_rnd)], 10, tasks)}
+        d_lo, d_hi = estimates["lt_vs_random"].interval
+        result.claims.append(decide_claim(
+            "C0", statement, imposed_rule(cfg.recovered), estimates, "lt_sft", measure="gain recovered by LT-SFT",
+            control=f"random {k:.0%} mask recovers {np.mean(rec_rnd):.2f} (LT-SFT minus random, paired [{d_lo:.2f}, {d_hi:.2f}])"))
 
     # -- 5. where the change lives ----------------------------------------------------------------
     def _profile(self, runs, result: StudyResult) -> None:

@@ -19,6 +19,7 @@ from .base import Example, Task
 
 @dataclass
 class DataConfig(Config):
+    section = "data."
     tasks: list[str] = field(["add", "sort", "reverse", "hop", "copy", "trace", "arith"],
                              "task names (registry names or jsonl:PATH)")
     train_levels: list[int] = field([1, 2, 3], "difficulty levels seen in training (in-distribution)")

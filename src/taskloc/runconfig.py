@@ -1,0 +1,68 @@
+"""The run's configuration: what a preset, a config file, --set overrides and --model resolve to.
+Every study reads its own settings from ``studies.NAME`` and the shared ones (model, data,
+pretraining, evaluation) from here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config, apply_overrides, field, load_config_file, load_preset
+from .errors import ConfigError
+from .models import ModelConfig
+from .tasks import VOCAB_SIZE
+from .tasks.mixture import DataConfig
+from .train import TrainConfig
+
+
+@dataclass
+class EvalConfig(Config):
+    section = "eval."
+    examples: int = field(200, "examples per (task, level) cell in every evaluation")
+    seed: int = field(1234, "seed of the fixed evaluation sets")
+
+    def validate(self) -> None:
+        if self.examples < 1:
+            raise ConfigError(f"{self.key('examples')}={self.examples} must be at least 1.")
+
+
+@dataclass
+class RunConfig(Config):
+    preset: str = field("default", "preset the settings started from")
+    seed: int = field(0, "seed for model initialisation and training data")
+    model: ModelConfig = field(ModelConfig(), "TinyLM architecture")
+    data: DataConfig = field(DataConfig(), "tasks and levels")
+    pretrain: TrainConfig = field(TrainConfig(), "pretraining of the base model")
+    eval: EvalConfig = field(EvalConfig(), "evaluation sets")
+    studies: dict[str, dict[str, Any]] = field({}, "per-study settings, by study name")
+    model_path: str = field("", "study this model instead of pretraining TinyLM: a taskloc run directory or "
+                                ".safetensors, or a local Hugging Face causal-LM folder with its tokenizer (--model)")
+
+    def validate(self) -> None:
+        if self.model.vocab_size != VOCAB_SIZE:
+            raise ConfigError(f"model.vocab_size={self.model.vocab_size} must equal the task vocabulary size {VOCAB_SIZE}.")
+
+
+def resolve_config(preset: str, config_file: Path | None = None, overrides: tuple[str, ...] = (),
+                   model_path: Path | None = None) -> RunConfig:
+    data = load_preset(preset)
+    if config_file is not None:
+        data = _deep_merge(data, load_config_file(config_file))
+    data = apply_overrides(data, list(overrides))
+    if "preset" in data:
+        raise ConfigError("'preset' is chosen with --preset, not set in a config file or with --set.")
+    data["preset"] = preset
+    if model_path is not None:
+        data["model_path"] = str(model_path)
+    if data.get("model_path"):  # from --model, a config file or --set: one spelling per model
+        data["model_path"] = str(Path(str(data["model_path"])).expanduser().resolve())
+    if isinstance(data.get("model", {}), dict):
+        data.setdefault("model", {}).setdefault("vocab_size", VOCAB_SIZE)
+    return RunConfig.from_dict(data)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

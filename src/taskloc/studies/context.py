@@ -1,0 +1,156 @@
+"""StudyContext: what a study sees — the run's config, the device, the tasks, the model under
+study (the pretrained TinyLM base, or the --model model), one artefact cache, and a log.
+
+Models are built and cached through ``ArtefactCache``: the base is pretrained once per (config,
+data, code) and reused by every study; a fine-tune is keyed by what makes it different (task,
+seed, regime), its start weights, mask, schedule, data and the training code.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config
+from ..io import MemoryCheckpoint, fingerprint
+from ..io.atomic import write_json, write_text
+from ..models import LoadedModel, TinyLM, codec_of, load_weights, weights_of
+from ..runconfig import RunConfig
+from ..tasks import Task
+from ..tasks.mixture import TaskMixture
+from ..tasks.scoring import accuracy_table
+from ..train import TrainConfig, checkpoint_step, train
+from .cache import CHECKPOINT, TENSORS, ArtefactCache, code_version, tensor_digest
+
+StateDict = dict[str, torch.Tensor]
+
+# What produces a model's weights: an edit to any of these retrains (a stale model is never reused).
+TRAINING_CODE = ("taskloc.train", "taskloc.models.tinylm", "taskloc.attention.kernels", "taskloc.models.codec",
+                 "taskloc.tasks.mixture", "taskloc.tasks.synthetic", "taskloc.tasks.base", "taskloc.tasks.jsonl",
+                 "taskloc.tasks.vocab")
+
+
+@dataclass
+class BaseModel:
+    """The model every study starts from, and its learning curve (one evaluation for --model)."""
+
+    model: torch.nn.Module
+    history: list[dict[str, Any]]
+
+    @property
+    def final_accuracy(self) -> dict[str, dict[str, list[int]]]:
+        return self.history[-1]["accuracy"]
+
+
+class StudyContext:
+    def __init__(self, run_dir: Path, cfg: RunConfig, device: torch.device, tasks: list[Task],
+                 given: LoadedModel | None = None) -> None:
+        self.run_dir, self.cfg, self.device, self.tasks = run_dir, cfg, device, tasks
+        self.given = given  # the model passed with --model; None: pretrain the embedded TinyLM
+        # content fingerprint of the --model weights (sampled bytes of every tensor; milliseconds)
+        self.given_fingerprint = fingerprint(MemoryCheckpoint(weights_of(given.model))) if given else None
+        self.cache = ArtefactCache(run_dir / "artefacts")
+        self._base: BaseModel | None = None
+
+    # -- logging --------------------------------------------------------------------------------
+    def log(self, record: dict[str, Any]) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _forget_log_after(self, phase: str, step: int) -> None:
+        """Drop the log lines of ``phase`` past ``step`` that a killed run wrote after its last
+        checkpoint, so a resumed run's metrics.jsonl has each step once."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by the kill
+                continue
+            if not (record.get("phase") == phase and isinstance(record.get("step"), int) and record["step"] > step):
+                kept.append(line)
+        write_text(path, "".join(line + "\n" for line in kept))
+
+    # -- models ---------------------------------------------------------------------------------
+    def new_model(self, seed: int | None = None) -> torch.nn.Module:
+        """A model of the base's architecture: a fresh TinyLM, or a copy of the --model model
+        (whose weights callers replace with ``load_weights``)."""
+        if self.given is not None:
+            return copy.deepcopy(self.given.model)
+        torch.manual_seed(self.cfg.seed if seed is None else seed)
+        return TinyLM(self.cfg.model).to(self.device)
+
+    def accuracy(self, model: torch.nn.Module, levels: list[int] | None = None, tasks: list[Task] | None = None):
+        levels = levels or self.cfg.data.train_levels + self.cfg.data.ood_levels
+        return accuracy_table(model, tasks or self.tasks, levels, self.cfg.eval.examples, self.cfg.eval.seed)
+
+    def base_model(self) -> BaseModel:
+        """The pretrained base and its learning curve; trained once per config, then loaded."""
+        if self._base is None:
+            if self.given is not None:  # given, not trained: its "learning curve" is one evaluation
+                self._base = BaseModel(self.given.model, [{"step": 0, "accuracy": self.accuracy(self.given.model)}])
+            else:
+                self._base = self._load_or_pretrain()
+        return self._base
+
+    def _base_ingredients(self, mixture: TaskMixture) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"seed": cfg.seed, "model": cfg.model.to_dict(), "data": cfg.data.to_dict(), "pretrain": cfg.pretrain.to_dict(),
+                "eval": cfg.eval.to_dict(), "examples": mixture.fingerprint(), "code": code_version(TRAINING_CODE)}
+
+    def _load_or_pretrain(self) -> BaseModel:
+        cfg = self.cfg
+        mixture = TaskMixture(self.tasks, cfg.data.train_levels, cfg.seed, cfg.data.weights)
+        model = self.new_model()
+
+        def pretrain(folder: Path) -> StateDict:
+            checkpoint = folder / CHECKPOINT
+            if checkpoint.exists():  # resuming: the steps after the checkpoint are logged again
+                self._forget_log_after("pretrain base", checkpoint_step(checkpoint))
+            history = train(model, cfg.pretrain, mixture, checkpoint=checkpoint,
+                            evaluate=lambda m: {"accuracy": self.accuracy(m)}, label="pretrain base",
+                            meta={"kind": "pretrain", "data_hash": mixture.fingerprint()},
+                            log=lambda r: self.log(r) if r["step"] % 10 == 0 else None)
+            write_json(folder / "history.json", history)
+            return weights_of(model)
+
+        ingredients = self._base_ingredients(mixture)
+        tensors = self.cache.get_or_build("base", ingredients, pretrain, TENSORS)
+        load_weights(model, tensors)
+        folder = self.cache.find("base", ingredients, TENSORS).parent
+        return BaseModel(model, json.loads((folder / "history.json").read_text()))
+
+    def finetune(self, label: str, key: dict[str, Any], start: StateDict, mixture: Any, train_cfg: TrainConfig,
+                 mask: dict[str, torch.Tensor] | None = None) -> StateDict:
+        """Fine-tune from ``start`` weights; cached (and resumable). Returns the tuned weights on
+        the CPU. ``key`` names what makes this run different from others (task, seed, regime); the
+        start weights, the mask, the schedule, the data and the training code are added here, so a
+        changed ingredient never reuses a stale run."""
+        model = self.new_model()
+        ingredients = {**key, "start": tensor_digest(start), "mask": tensor_digest(mask), "train": train_cfg.to_dict(),
+                       "data": mixture.fingerprint(), "codec": codec_of(model).fingerprint, "code": code_version(TRAINING_CODE)}
+
+        def tune(folder: Path) -> StateDict:
+            load_weights(model, start)
+            train(model, train_cfg, mixture, checkpoint=folder / CHECKPOINT, mask=mask, label=label,
+                  meta={"kind": "finetune", "key": json.dumps(key, sort_keys=True)}, log=lambda r: None)
+            return weights_of(model)
+
+        return self.cache.get_or_build("ft", ingredients, tune, TENSORS)
+
+    def build(self, kind: str, ingredients: dict[str, Any], build: Callable[[Path], Any], fmt, code: tuple[str, ...]) -> Any:
+        """Any other artefact (vector, statistics, merged model): cached under ``ingredients`` and
+        the source of the ``code`` modules that build it."""
+        return self.cache.get_or_build(kind, {**ingredients, "code": code_version(code)}, build, fmt)
+
+
+def study_settings(cfg: RunConfig, name: str, config_cls: type[Config]) -> Config:
+    """A study's typed settings from ``studies.NAME`` of the run config."""
+    return config_cls.from_dict(cfg.studies.get(name, {}), f"studies.{name}.")
