@@ -107,18 +107,66 @@ def test_bad_model_config_is_one_clear_error():
         ModelConfig(attention="dens")
 
 
+def _turns(table: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_complex(table)
+
+
 def test_rotary_encoding_is_relative():
     # Scores q_i . k_j under RoPE depend only on i - j: shifting both positions leaves them unchanged.
-    from taskloc.models.tinylm import apply_rotary, rotary_tables
+    from taskloc.models.tinylm import apply_rotary, rotary_table
 
-    cos, sin = rotary_tables(32, 8)
+    turns = _turns(rotary_table(32, 8))
     q, k = torch.randn(8), torch.randn(8)
     def score(i, j):
-        qi = apply_rotary(q.view(1, 1, 1, 8), cos[i : i + 1], sin[i : i + 1]).flatten()
-        kj = apply_rotary(k.view(1, 1, 1, 8), cos[j : j + 1], sin[j : j + 1]).flatten()
-        return float(qi @ kj)
+        return float(apply_rotary(q, turns[i]) @ apply_rotary(k, turns[j]))
     assert score(5, 2) == pytest.approx(score(20, 17), abs=1e-5)
     assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-3)
+
+
+@pytest.mark.parametrize("head_dim", [8, 7])
+def test_rotary_matches_pairwise_rotation_reference(head_dim):
+    """Channels (2i, 2i+1) at position t turn by t * 10000^(-2i/Dh), written out with Python floats
+    and math.cos/sin, one pair at a time; an odd last channel stays put. Exact up to float32."""
+    import math
+
+    from taskloc.models.tinylm import apply_rotary, rotary_table
+
+    x = torch.randn(2, 5, 3, head_dim, dtype=torch.float64)  # (B, T, heads, Dh)
+    turns = _turns(rotary_table(5, head_dim).double())[:, None]  # (T, 1, Dh/2)
+    out = apply_rotary(x, turns)
+    ref = x.clone()
+    for b in range(2):
+        for t in range(5):
+            for h in range(3):
+                for i in range(head_dim // 2):
+                    angle = t * 10000.0 ** (-2 * i / head_dim)
+                    a, c = float(x[b, t, h, 2 * i]), float(x[b, t, h, 2 * i + 1])
+                    ref[b, t, h, 2 * i] = a * math.cos(angle) - c * math.sin(angle)
+                    ref[b, t, h, 2 * i + 1] = a * math.sin(angle) + c * math.cos(angle)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)  # angles tabulated in float32
+    assert torch.equal(out[..., head_dim - 1], x[..., head_dim - 1]) == (head_dim % 2 == 1)
+
+
+def test_rotary_gradient_is_the_inverse_rotation():
+    # A rotation is orthogonal, so the gradient of <g, rotate(x)> with respect to x is the inverse
+    # rotation of g; checks the backward of the complex-number path against the math.
+    from taskloc.models.tinylm import apply_rotary, rotary_table
+
+    turns = _turns(rotary_table(6, 8))[:, None]  # (T, 1, Dh/2)
+    x = torch.randn(2, 6, 4, 8, requires_grad=True)
+    g = torch.randn(2, 6, 4, 8)
+    (apply_rotary(x, turns) * g).sum().backward()
+    torch.testing.assert_close(x.grad, apply_rotary(g, turns.conj()), rtol=0, atol=1e-6)
+
+
+def test_rotary_half_precision_is_rotated_in_float32():
+    from taskloc.models.tinylm import apply_rotary, rotary_table
+
+    turns = _turns(rotary_table(6, 8))[:, None]
+    x = torch.randn(2, 6, 4, 8).bfloat16()
+    out = apply_rotary(x, turns)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, apply_rotary(x.float(), turns).bfloat16())
 
 
 def test_exact_match_is_the_same_when_split_for_memory(tiny_model, monkeypatch):

@@ -15,10 +15,11 @@ from typing import Union
 import torch
 from safetensors import SafetensorError
 
+from ..attention import ATTENTION
 from ..device import pick_device
 from ..errors import CheckpointError, ConfigError, UnsupportedModelError
 from ..io.resolve import locate_weights, no_weights
-from . import attention
+from . import attention as hf_attention
 from .families import FAMILIES
 from .wrapper import HFModel
 
@@ -37,6 +38,7 @@ def load_hf_model(
     device: str = "auto",
     dtype: Union[str, torch.dtype, None] = None,
     allow_pickle: bool = False,
+    attention: str = "dense",
 ) -> HFModel:
     """Load the model in the local folder ``path`` and wrap it with taskloc's hook sites.
 
@@ -44,7 +46,9 @@ def load_hf_model(
     dtype: None picks float32 on CPU and the checkpoint's own dtype on CUDA; else "auto",
         "float32"/"bfloat16"/"float16" (or fp32/bf16/fp16) or a torch.dtype.
     allow_pickle: accept pytorch_model.bin weights, which can run code when unpickled.
+    attention: the kernel of ``taskloc.attention.ATTENTION`` every layer runs ("dense" by default).
     """
+    ATTENTION.get(attention)  # unknown kernel -> did-you-mean error before anything is read
     folder = _check_folder(Path(path).expanduser())
     config = _read_config(folder)
     model_type = config.get("model_type")
@@ -61,7 +65,7 @@ def load_hf_model(
     kind = _kind(model_type, config)
 
     transformers = _import_transformers()
-    attention.register()
+    hf_attention.register()
     auto = {
         "causal-lm": transformers.AutoModelForCausalLM,
         "masked-lm": transformers.AutoModelForMaskedLM,
@@ -75,7 +79,7 @@ def load_hf_model(
                 local_files_only=True,
                 trust_remote_code=False,
                 use_safetensors=not pickle_only,
-                attn_implementation=attention.IMPLEMENTATION,
+                attn_implementation=hf_attention.IMPLEMENTATION,
                 dtype=torch_dtype,
                 output_loading_info=True,
                 **extra,
@@ -90,7 +94,7 @@ def load_hf_model(
             "the checkpoint is incomplete or was saved from a different architecture."
         )
     hf.to(device_).eval()
-    return HFModel(hf, kind=kind, tokenizer=_load_tokenizer(folder, transformers))
+    return HFModel(hf, kind=kind, tokenizer=_load_tokenizer(folder, transformers), attention=attention)
 
 
 def _check_folder(folder: Path) -> Path:

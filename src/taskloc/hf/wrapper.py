@@ -19,12 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attention import ATTENTION
 from ..errors import ConfigError, DataError, UnsupportedModelError
 from ..hooks import HookPoint, name_sites
 from ..hooks import site_names as _site_names
 from ..models.codec import TokenizerCodec, no_tokenizer_message
 from ..models.protocol import greedy_decode
-from . import attention
+from . import attention as hf_attention
 from .families import FAMILIES, Family
 
 
@@ -87,9 +88,11 @@ class HFModel(nn.Module):
     MLM head, whose ``forward`` returns the final hidden states instead of logits); when None it
     is read off ``hf``. ``tokenizer`` is the folder's tokenizer, or None. ``HFModel(hf)`` also
     wraps a model the caller loaded; it switches that model to taskloc's attention function.
+    ``attention`` names the kernel of ``taskloc.attention.ATTENTION`` every layer runs (the same
+    registry TinyLM's ``model.attention`` reads); assign ``model.attention`` to switch it.
     """
 
-    def __init__(self, hf: nn.Module, kind: str | None = None, tokenizer: Any = None) -> None:
+    def __init__(self, hf: nn.Module, kind: str | None = None, tokenizer: Any = None, attention: str = "dense") -> None:
         super().__init__()
         model_type = getattr(hf.config, "model_type", None)
         if model_type not in FAMILIES:
@@ -112,9 +115,11 @@ class HFModel(nn.Module):
         # Residual entering each block, kept only while that block runs: a computed resid_mid
         # (pre-norm families) is resid_pre + attn_out.
         self._resid_in: list[torch.Tensor | None] = [None] * len(layers)
-        attention.register()
-        if hf.config._attn_implementation != attention.IMPLEMENTATION:
-            hf.set_attn_implementation(attention.IMPLEMENTATION)
+        ATTENTION.get(attention)  # an unknown kernel fails here, before any hook is installed
+        self._attention = attention
+        hf_attention.register()
+        if hf.config._attn_implementation != hf_attention.IMPLEMENTATION:
+            hf.set_attn_implementation(hf_attention.IMPLEMENTATION)
         self._handles: list = []
         self._install()
 
@@ -138,7 +143,19 @@ class HFModel(nn.Module):
             hf = copy.deepcopy(self.hf, memo)
         finally:
             self._install()
-        return HFModel(hf, self.kind, self.tokenizer)
+        return HFModel(hf, self.kind, self.tokenizer, self.attention)
+
+    @property
+    def attention(self) -> str:
+        """Name of the attention kernel every layer runs."""
+        return self._attention
+
+    @attention.setter
+    def attention(self, name: str) -> None:
+        layers = _get(self.hf.base_model, self.spec.layers)
+        for layer, sites in zip(layers, self.blocks):
+            hf_attention.route(_get(layer, self.spec.attn), sites.attn.hook_pattern, name)
+        self._attention = name
 
     # -- HF module hooks -------------------------------------------------------------------------
 
@@ -193,7 +210,7 @@ class HFModel(nn.Module):
                 new = _route(self.ln_final.hook_normalized, new)
             return None if new is x else _with_first(output, new)
 
-        attention.route_pattern(_get(layer, spec.attn), sites.attn.hook_pattern)
+        hf_attention.route(_get(layer, spec.attn), sites.attn.hook_pattern, self._attention)
         handles = [
             layer.register_forward_pre_hook(resid_pre, with_kwargs=True),
             _get(layer, spec.attn_out).register_forward_hook(attn_out),

@@ -58,21 +58,28 @@ class ModelConfig(Config):
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
 
 
-def rotary_tables(block_size: int, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (block_size, head_dim // 2) for rotary position encoding."""
+def rotary_table(block_size: int, head_dim: int, base: float = 10000.0) -> torch.Tensor:
+    """(block_size, head_dim // 2, 2): cos and sin of the angle t * base^(-2i / head_dim) by which
+    position t turns channel pair i (channels 2i and 2i + 1) under rotary position encoding."""
     inv_freq = base ** (-torch.arange(0, head_dim - head_dim % 2, 2, dtype=torch.float32) / head_dim)
-    angles = torch.arange(block_size, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
+    angles = torch.arange(block_size, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (T, Dh/2)
+    return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of x (B, H, T, Dh) by position-dependent angles; cos/sin: (T, Dh/2).
-    A trailing odd channel, if any, is left unrotated."""
-    half = cos.shape[-1]
-    pairs = x[..., : 2 * half].unflatten(-1, (half, 2))  # (B, H, T, Dh/2, 2)
-    a, b = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
-    return torch.cat((rotated, x[..., 2 * half :]), dim=-1)
+def apply_rotary(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x (..., Dh) by complex unit numbers ``turns`` (complex,
+    broadcasting against (..., Dh // 2)): pair (a, b) becomes (a cos - b sin, a sin + b cos).
+    A trailing odd channel, if any, is left unrotated.
+
+    Pairs are read as complex numbers, so forward and backward are each one complex multiply
+    over the tensor; half precision is rotated in float32 and rounded back once."""
+    paired = 2 * turns.shape[-1]
+    head = x[..., :paired] if x.dtype in (torch.float32, torch.float64) else x[..., :paired].float()
+    if paired < x.shape[-1]:
+        head = head.contiguous()  # an odd row width would split pairs across rows of the view
+    rotated = torch.view_as_real(torch.view_as_complex(head.unflatten(-1, (paired // 2, 2))) * turns).flatten(-2)
+    rotated = rotated.to(x.dtype)
+    return rotated if paired == x.shape[-1] else torch.cat((rotated, x[..., paired:]), dim=-1)
 
 
 class Attention(nn.Module):
@@ -81,27 +88,39 @@ class Attention(nn.Module):
         self.n_head = cfg.n_head
         self.rope = cfg.positional == "rope"
         if self.rope:
-            cos, sin = rotary_tables(cfg.block_size, cfg.d_model // cfg.n_head)
-            # Buffers, not parameters: derived from the config, so kept out of checkpoints and deltas.
-            self.register_buffer("rope_cos", cos, persistent=False)
-            self.register_buffer("rope_sin", sin, persistent=False)
+            # A buffer, not a parameter: derived from the config, so kept out of checkpoints and
+            # deltas. Real (cos, sin) pairs rather than complex, so model.to(dtype) casts it sanely.
+            table = rotary_table(cfg.block_size, cfg.d_model // cfg.n_head)  # (T, Dh/2, 2)
+            self.register_buffer("rope_table", table, persistent=False)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.kernel = ATTENTION.get(cfg.attention)
         self.hook_pattern = HookPoint()
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+    ):
+        """x: (B, T, D); past: cached k, v (B, H, T_past, Dh); mask: optional boolean or additive
+        mask broadcasting to (B, H, T, T_past + T), e.g. padding (the causal rule is always on)."""
         b, t, d = x.shape
-        # (B, T, 3D) -> 3 x (B, H, T, Dh)
-        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)
+        h, dh = self.n_head, d // self.n_head
+        qkv = self.qkv(x)  # (B, T, 3D): q, k, v side by side, heads side by side within each
         if self.rope:
             start = past[0].shape[2] if past is not None else 0
-            cos, sin = self.rope_cos[start : start + t], self.rope_sin[start : start + t]
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            turns = torch.view_as_complex(self.rope_table[start : start + t].float())[:, None]  # (T, 1, Dh/2)
+            # q and k rotated in one call, in the projection's own layout: (B, T, 2H, Dh).
+            qk = apply_rotary(qkv[..., : 2 * d].view(b, t, 2 * h, dh), turns)
+            q, k = qk.view(b, t, 2, h, dh).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, Dh)
+            v = qkv[..., 2 * d :].view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
+        else:
+            q, k, v = qkv.view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, Dh)
             v = torch.cat([past[1], v], dim=2)
-        y = self.kernel(q, k, v, self.hook_pattern)  # (B, H, T, Dh)
+        y = self.kernel(q, k, v, self.hook_pattern, mask)  # (B, H, T, Dh)
         y = y.transpose(1, 2).reshape(b, t, d)  # heads back side by side: (B, T, D)
         return self.out(y), (k, v)
 
