@@ -58,19 +58,35 @@ def _check_fraction(fraction: float) -> None:
         raise ValueError(f"fraction={fraction} must lie in [0, 1]")
 
 
-def topk_mass(x: torch.Tensor, fraction: float, power: float = 1.0) -> torch.Tensor:
-    """Share of sum(|x|^power) held by the top ``fraction`` of entries by |x| (Lorenz-interpolated)."""
+def _lorenz_share(ordered: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Top-``fraction`` share of rows already sorted descending (..., d): floor(f*d) whole entries
+    plus the remaining part of the next; f for an all-zero row."""
     _check_fraction(fraction)
-    v = _abs64(x) ** power
-    d = v.shape[-1]
-    ordered = v.sort(dim=-1, descending=True).values  # (..., d), largest first
+    d = ordered.shape[-1]
     whole = math.floor(fraction * d)
     part = fraction * d - whole
     top = ordered[..., :whole].sum(-1)
     if whole < d:
         top = top + part * ordered[..., whole]
-    total = v.sum(-1)
+    total = ordered.sum(-1)
     return torch.where(total > 0, top / total.clamp_min(_TINY), torch.full_like(total, fraction))
+
+
+def _whole_share(ordered: torch.Tensor, k: int) -> torch.Tensor:
+    """Share of the k largest entries of rows sorted descending (..., d); 0 for an all-zero row."""
+    if not 1 <= k <= ordered.shape[-1]:
+        raise ValueError(f"k={k} must lie in [1, {ordered.shape[-1]}]")
+    total = ordered.sum(-1)
+    return torch.where(total > 0, ordered[..., :k].sum(-1) / total.clamp_min(_TINY), torch.zeros_like(total))
+
+
+def _descending(x: torch.Tensor) -> torch.Tensor:
+    return _abs64(x).sort(dim=-1, descending=True).values  # (..., d), largest |x| first
+
+
+def topk_mass(x: torch.Tensor, fraction: float, power: float = 1.0) -> torch.Tensor:
+    """Share of sum(|x|^power) held by the top ``fraction`` of entries by |x| (Lorenz-interpolated)."""
+    return _lorenz_share(_descending(x) ** power, fraction)
 
 
 def paper_k(d: int, fraction: float) -> int:
@@ -82,12 +98,7 @@ def paper_k(d: int, fraction: float) -> int:
 def topk_mass_whole(x: torch.Tensor, k: int, power: float = 1.0) -> torch.Tensor:
     """Share of sum(|x|^power) held by the k largest |x| (whole entries, no interpolation);
     0 for an all-zero row, as the authors' code returns."""
-    v = _abs64(x) ** power
-    if not 1 <= k <= v.shape[-1]:
-        raise ValueError(f"k={k} must lie in [1, {v.shape[-1]}]")
-    top = v.topk(k, dim=-1).values.sum(-1)  # (...,)
-    total = v.sum(-1)
-    return torch.where(total > 0, top / total.clamp_min(_TINY), torch.zeros_like(total))
+    return _whole_share(_descending(x) ** power, k)
 
 
 def topk_l1_mass(x: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -218,14 +229,15 @@ def metric_profile(x: torch.Tensor, convention: str = "taskloc", fractions: Iter
     d = x.shape[-1]
     paper = convention == "paper"
     out: dict[str, torch.Tensor] = {}
+    desc = _descending(x)  # (..., d): one sort serves every fraction and both powers
+    energy = desc.pow(2)
     for f in fractions:
         if paper:
-            k = paper_k(d, f)
-            out[f"{_tag(f)}_l1"] = topk_mass_whole(x, k, power=1.0)
-            out[f"{_tag(f)}_energy"] = topk_mass_whole(x, k, power=2.0)
+            out[f"{_tag(f)}_l1"] = _whole_share(desc, paper_k(d, f))
+            out[f"{_tag(f)}_energy"] = _whole_share(energy, paper_k(d, f))
         else:
-            out[f"{_tag(f)}_l1"] = topk_mass(x, f, power=1.0)
-            out[f"{_tag(f)}_energy"] = topk_mass(x, f, power=2.0)
+            out[f"{_tag(f)}_l1"] = _lorenz_share(desc, f)
+            out[f"{_tag(f)}_energy"] = _lorenz_share(energy, f)
     out["l0"] = l0_fraction(x, correction=1 if paper else 0)
     out["gini"] = gini(x)
     out["hoyer"] = hoyer(x)

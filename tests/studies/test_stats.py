@@ -92,6 +92,9 @@ def test_t_interval_on_task_means_by_hand():
     assert (iv.lo, iv.hi) == pytest.approx((means.mean() - half, means.mean() + half), rel=1e-10)
     assert (iv.nominal, iv.achieved, iv.method, iv.n_units) == (0.95, 0.95, "t", 3)
     assert iv.basis == "t on 3 task means, 2 df: exact if task means are normal with equal precision"
+    assert iv.as_tuple() == (iv.lo, iv.hi) and iv.to_dict()["achieved"] == 0.95
+    assert iv.excludes(iv.hi + 1.0) and iv.excludes(iv.lo - 1.0) and not iv.excludes(iv.estimate)
+    assert iv.label() == "t interval over 3 units, nominal 95%, achieved 95.0%"
     # Without seed labels a task's values are one seed: task a's mean becomes the mean of its 5 values.
     flat = stats.hierarchical_interval(values, tasks, level=0.9)
     assert flat.estimate == pytest.approx(np.mean([np.mean(values[:5]), 5.5, 1.0]))
