@@ -1,79 +1,99 @@
-"""A self-contained HTML page for a DeltaReport: figures as inline base64 PNGs (matplotlib)."""
+"""The `taskloc delta --html` page: a DeltaReport as figure specs and tables, drawn and laid out by
+the report's own renderer and page (report.figures, report.html), so it reads like report.html."""
 from __future__ import annotations
 
-import base64
 import html
-import io
+from typing import Any
 
+from ..report.figures import bars_figure, lines_figure
+from ..report.html import figure_html, page, table_html
 from .analysis import DeltaReport
+from .profile import group_label
+
+SHOWN_TENSORS = 50
+HEADLINE_TOP = 0.01  # the summary quotes the share held by the top 1% of entries
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _figures(report: DeltaReport) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def delta_figures(report: DeltaReport) -> list[dict[str, Any]]:
+    """Concentration curves against the dense null, then the profile by module kind and by layer."""
     g, x = report.total, [100 * q for q in report.grid]
-    out = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(x, g.curve_energy, "o-", label="delta: energy")
-    ax.plot(x, g.null_energy, "o--", color="C0", alpha=0.5, label="dense Gaussian null: energy")
-    ax.plot(x, g.curve_l1, "s-", color="C1", label="delta: L1 mass")
-    ax.plot(x, g.null_l1, "s--", color="C1", alpha=0.5, label="dense Gaussian null: L1 mass")
-    ax.set(xscale="log", xlabel="top k% of entries (by |delta|)", ylabel="share held", ylim=(0, 1.02),
-           title="concentration of the delta (all tensors)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out.append(_png(fig))
-    plt.close(fig)
-    for key in ("layer", "kind"):
-        rows = report.profile[key]
-        labels = [str(r[key]) if r[key] is not None else "other" for r in rows]
-        fig, ax = plt.subplots(figsize=(max(6.4, 0.45 * len(rows)), 3.6))
-        pos = range(len(rows))
-        width = 0.27
-        ax.bar([p - width for p in pos], [r["param_share"] for r in rows], width, label="share of parameters")
-        ax.bar(list(pos), [r["energy_share"] for r in rows], width, label="share of delta energy")
-        if report.selection is not None:
-            ax.bar([p + width for p in pos], [r["topk_share"] or 0 for r in rows], width, label="share of top-k entries")
-        ax.set_xticks(list(pos), labels, rotation=45 if key == "kind" else 0, ha="right" if key == "kind" else "center")
-        ax.set(title=f"where the delta lands, by {key}", ylabel="share")
-        ax.legend(fontsize=8)
-        out.append(_png(fig))
-        plt.close(fig)
-    return out
+    curves = lines_figure(
+        "concentration", "Concentration of the delta (all tensors)", "top k% of entries (by |delta|)", "share held",
+        [{"label": "delta: energy", "x": x, "y": g.curve_energy, "color": "#1f6feb"},
+         {"label": "dense Gaussian null: energy", "x": x, "y": g.null_energy, "color": "#1f6feb", "style": "--"},
+         {"label": "delta: L1 mass", "x": x, "y": g.curve_l1, "color": "#d1495b"},
+         {"label": "dense Gaussian null: L1 mass", "x": x, "y": g.null_l1, "color": "#d1495b", "style": "--"}],
+        logx=True, ylim=(0, 1.02),
+        caption="Share of sum(delta^2) and of sum|delta| held by the largest k% of entries; above the dashed "
+                "null means more concentrated than a dense Gaussian update of the same per-tensor scale.")
+    return [curves, _profile_figure(report, "kind", "module kind"), _profile_figure(report, "layer", "layer")]
+
+
+def _profile_figure(report: DeltaReport, axis: str, title: str) -> dict[str, Any]:
+    rows = report.profile[axis]
+    groups = [{"label": "share of parameters", "values": [r["param_share"] for r in rows]},
+              {"label": "share of delta energy", "values": [r["energy_share"] for r in rows]}]
+    if report.selection is not None:
+        groups.append({"label": "share of top-k entries", "values": [r["topk_share"] or 0.0 for r in rows]})
+    return bars_figure(
+        f"profile-{axis}", f"Where the delta lands: by {title}", [group_label(axis, r[axis]) for r in rows], groups,
+        "share", caption=f"Energy (or top-k entries) above the parameter share: the delta favours that {title}.")
 
 
 def render_html(report: DeltaReport) -> str:
+    figures = [figure_html(spec) for spec in delta_figures(report)]
+    parts = [
+        "<h1>taskloc delta</h1>",
+        f"<p class='sub'>{_checkpoint(report.base)} &rarr; {_checkpoint(report.tuned)}</p>",
+        _summary(report),
+        "<h2>Concentration and profile</h2>",
+        "<div class='figs'>" + "".join(figures[:2]) + "</div>",
+        "<div class='figs'>" + figures[2] + "</div>",  # alone, so a long row of layers gets the full width
+        table_html(_profile_table(report, "kind")),
+        table_html(_profile_table(report, "layer")),
+        "<h2>Tensors</h2>",
+        table_html(_tensor_table(report)),
+        "<h2>Notes</h2>",
+        *(f"<div class='note'>{html.escape(n)}</div>" for n in report.notes),
+    ]
+    return page("taskloc delta", "\n".join(parts))
+
+
+def _checkpoint(side: dict) -> str:
+    fmt = f" <span class='muted'>({html.escape(side['format'])})</span>" if side.get("format") else ""
+    return f"<code>{html.escape(str(side['path']))}</code>{fmt}"
+
+
+def _summary(report: DeltaReport) -> str:
     g, sel = report.total, report.selection
-    rows = "".join(
-        f"<tr><td>{html.escape(s.name)}</td><td>{s.kind}</td><td>{'' if s.layer is None else s.layer}</td>"
-        f"<td>{s.n:,}</td><td>{s.energy / (g.energy or 1):.2%}</td><td>{'' if s.rel_norm is None else f'{s.rel_norm:.3g}'}</td>"
-        f"<td>{s.gini:.3f}</td><td>{s.hoyer:.3f}</td><td>{'' if s.effective_rank is None else f'{s.effective_rank:.1f}'}</td></tr>"
-        for s in sorted(report.tensors, key=lambda s: -s.energy)[:50]
-    )
-    selection = f"<p>Selection: {html.escape(sel.description)}; threshold |delta| = {sel.threshold}</p>" if sel else ""
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>taskloc delta</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}} td,th{{padding:2px 8px;text-align:right}}
-td:first-child{{text-align:left}} img{{max-width:100%}}</style></head><body>
-<h1>taskloc delta</h1>
-<p>{html.escape(str(report.base['path']))} &rarr; {html.escape(str(report.tuned['path']))}</p>
-<p>{len(report.tensors)} tensors, {g.n:,} entries; Gini {g.gini:.3f} (dense null {g.null_gini:.3f}),
-Hoyer {g.hoyer:.3f} (null {g.null_hoyer:.3f}); ||delta||/||base|| = {g.rel_norm}</p>
-{selection}
-{''.join(_figures(report))}
-<h2>Tensors by delta energy</h2>
-<table><tr><th>tensor</th><th>kind</th><th>layer</th><th>entries</th><th>energy</th><th>rel norm</th><th>Gini</th>
-<th>Hoyer</th><th>eff. rank</th></tr>{rows}</table>
-<h2>Notes</h2><ul>{notes}</ul>
-</body></html>
-"""
+    rows: list[list[Any]] = [["Gini of |delta|", g.gini, g.null_gini], ["Hoyer sparsity", g.hoyer, g.null_hoyer]]
+    if HEADLINE_TOP in report.grid:
+        i = report.grid.index(HEADLINE_TOP)
+        rows += [[f"energy share of the top {HEADLINE_TOP:.0%}", g.curve_energy[i], g.null_energy[i]],
+                 [f"L1 share of the top {HEADLINE_TOP:.0%}", g.curve_l1[i], g.null_l1[i]]]
+    changed = g.n_changed / g.n if g.n else 0.0
+    facts = (f"{len(report.tensors):,} tensors, {g.n:,} entries, {changed:.1%} changed; "
+             f"||delta|| / ||base|| = {'–' if g.rel_norm is None else f'{g.rel_norm:.3g}'}.")
+    if sel is not None:
+        facts += f" Selection: {html.escape(sel.description)}" + (
+            "" if sel.threshold is None else f"; threshold |delta| = {sel.threshold:.4g}") + "."
+    table = table_html({"title": "", "columns": ["measure", "delta", "dense Gaussian null"], "rows": rows})
+    return f"<p>{facts}</p>{table}"
+
+
+def _profile_table(report: DeltaReport, axis: str) -> dict[str, Any]:
+    rows = [[group_label(axis, r[axis]), r["tensors"], r["n"], r["param_share"], r["energy_share"], r["topk_share"],
+             r["rel_norm"]] for r in report.profile[axis]]
+    return {"title": f"Profile by {axis}", "rows": rows,
+            "columns": [axis, "tensors", "entries", "parameter share", "energy share", "top-k share", "rel norm"]}
+
+
+def _tensor_table(report: DeltaReport) -> dict[str, Any]:
+    total = report.total.energy or 1.0
+    shown = sorted(report.tensors, key=lambda s: -s.energy)[:SHOWN_TENSORS]
+    rows = [[s.name, s.kind, group_label("layer", s.layer), s.n, s.energy / total, s.rel_norm, s.gini, s.hoyer,
+             s.effective_rank, s.selected] for s in shown]
+    title = f"The {len(shown)} tensors with the most delta energy" + (
+        f" (of {len(report.tensors)})" if len(report.tensors) > len(shown) else "")
+    return {"title": title, "rows": rows, "columns": ["tensor", "kind", "layer", "entries", "energy share", "rel norm",
+                                                      "Gini", "Hoyer", "eff. rank", "top-k entries"]}

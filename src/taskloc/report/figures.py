@@ -1,36 +1,71 @@
-"""Draw figure specs (see studies/base.py) as PNG bytes with matplotlib."""
+"""Figure specs and the one renderer that draws them.
+
+A spec is plain JSON (the numbers to plot, not a picture), so a study keeps its figures in
+results.json and ``taskloc report RUN_DIR`` redraws them; ``taskloc delta --html`` uses the same
+specs. ``render`` draws any spec as PNG bytes with matplotlib, imported on the first call.
+"""
 from __future__ import annotations
 
 import io
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 PALETTE = ["#1f6feb", "#d1495b", "#2a9d8f", "#e9a23b", "#7b4fb8", "#5c6b73", "#8ab17d", "#c06c84"]
-plt.rcParams.update({
+STYLE = {
     "figure.dpi": 110, "font.size": 10, "axes.spines.top": False, "axes.spines.right": False,
     "axes.grid": True, "grid.alpha": 0.25, "axes.titleweight": "bold", "legend.frameon": False,
-})
+}
+
+
+def lines_figure(name: str, title: str, xlabel: str, ylabel: str, series: list[dict], *, logx: bool = False,
+                 ylim: tuple[float, float] | None = None, caption: str = "") -> dict[str, Any]:
+    """Spec for a line plot; each series: {label, x, y, optional lo/hi (band), optional style
+    ("-", "--", ":") and color}."""
+    return {"kind": "lines", "name": name, "title": title, "xlabel": xlabel, "ylabel": ylabel,
+            "series": series, "logx": logx, "ylim": list(ylim) if ylim else None, "caption": caption}
+
+
+def heatmap_figure(name: str, title: str, rows: list[str], cols: list[str], values: list[list[float]], *,
+                   caption: str = "", col_groups: dict[str, list[str]] | None = None, fmt: str = ".2f") -> dict[str, Any]:
+    """Spec for a rows x cols grid of values in [0, 1], each cell labelled; col_groups names runs of columns."""
+    return {"kind": "heatmap", "name": name, "title": title, "rows": rows, "cols": cols, "values": values,
+            "caption": caption, "col_groups": col_groups, "fmt": fmt}
+
+
+def bars_figure(name: str, title: str, categories: list[str], groups: list[dict], ylabel: str, *,
+                caption: str = "", ylim: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Grouped bars; each group: {label, values, optional lo/hi (error bars), optional color}."""
+    return {"kind": "bars", "name": name, "title": title, "categories": categories, "groups": groups,
+            "ylabel": ylabel, "caption": caption, "ylim": list(ylim) if ylim else None}
 
 
 def render(spec: dict[str, Any]) -> bytes:
+    """PNG bytes of one spec."""
+    plt = _pyplot()
     draw = {"lines": _lines, "heatmap": _heatmap, "bars": _bars}[spec["kind"]]
-    fig = draw(spec)
+    fig = draw(plt, spec)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update(STYLE)
+    return plt
+
+
 def _finite(values) -> bool:
     return bool(np.isfinite(np.asarray(values, dtype=float)).any())
 
 
-def _lines(spec: dict[str, Any]):
+def _lines(plt, spec: dict[str, Any]):
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     drawable = [s for s in spec["series"] if _finite(s["y"])]
     if not drawable:
@@ -57,7 +92,7 @@ def _lines(spec: dict[str, Any]):
     return fig
 
 
-def _heatmap(spec: dict[str, Any]):
+def _heatmap(plt, spec: dict[str, Any]):
     values = np.asarray(spec["values"], dtype=float)
     rows, cols = spec["rows"], spec["cols"]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(cols) + 2), max(2.5, 0.45 * len(rows) + 1.2)))
@@ -86,9 +121,11 @@ def _heatmap(spec: dict[str, Any]):
     return fig
 
 
-def _bars(spec: dict[str, Any]):
+def _bars(plt, spec: dict[str, Any]):
     cats, groups = spec["categories"], spec["groups"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    # about a third of an inch per category and bar: many layers widen the plot instead of
+    # squeezing the bars (a full-width figure on the page); a few categories keep the usual size
+    fig, ax = plt.subplots(figsize=(min(16.0, max(6.4, 0.12 * len(cats) * (len(groups) + 1))), 3.8))
     if not cats or not groups:
         ax.text(0.5, 0.5, "no data to plot (see the study notes)", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=spec["title"], xticks=[], yticks=[])
