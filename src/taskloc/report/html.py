@@ -38,23 +38,45 @@ def _fmt(x: Any) -> str:
     return html.escape(str(x))
 
 
+def _interval(record: dict[str, Any]) -> str:
+    lo, hi = record["interval"]
+    level = record.get("level")
+    tag = f"<br><span class='muted'>{level:.0%}</span>" if isinstance(level, (int, float)) else ""
+    return f"[{_fmt(lo)}, {_fmt(hi)}]{tag}"
+
+
 def _verdict_table(claims: list[dict[str, Any]]) -> str:
     if not claims:
         return '<p class="muted">This run tested no claims.</p>'
     rows = []
     for c in claims:
         cls = c["verdict"].replace(" ", "-")
-        lo, hi = c["interval"]
+        reason = f"<br><span class='muted'><i>{html.escape(c['reason'])}</i></span>" if c.get("reason") else ""
         rows.append(
-            f"<tr><td><b>{html.escape(c['id'])}</b><br><span class='muted'>{html.escape(c['study'])}</span></td>"
-            f"<td>{html.escape(c['statement'])}</td>"
+            f"<tr><td><a href='#claim-{html.escape(c['id'])}'><b>{html.escape(c['id'])}</b></a><br>"
+            f"<span class='muted'>{html.escape(c['study'])}</span></td><td>{html.escape(c['statement'])}</td>"
             f"<td>{html.escape(c['measure'])}: <b>{_fmt(c['value'])}</b></td>"
-            f"<td class='num'>[{_fmt(lo)}, {_fmt(hi)}]</td>"
+            f"<td class='num'>{_interval(c)}</td>"
             f"<td>{html.escape(c['control'])}</td>"
-            f"<td><span class='badge {cls}'>{html.escape(c['verdict'])}</span><br><span class='muted'>{html.escape(c['rule'])}</span></td></tr>"
+            f"<td><span class='badge {cls}'>{html.escape(c['verdict'])}</span>{reason}<br>"
+            f"<span class='muted'>rule: {html.escape(c['rule'])}</span></td></tr>"
         )
-    head = "<tr><th>claim</th><th>statement</th><th>measured figure</th><th>95% interval</th><th>control</th><th>verdict (rule)</th></tr>"
+    head = "<tr><th>claim</th><th>statement</th><th>measured figure</th><th>interval</th><th>control</th><th>verdict (rule)</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _precondition_table(checks: list[dict[str, Any]]) -> str:
+    if not checks:
+        return ""
+    rows = "".join(
+        f"<tr><td><b>{html.escape(p['id'])}</b><br><span class='muted'>{html.escape(p['study'])}</span></td>"
+        f"<td>{html.escape(p['statement'])}</td><td>{html.escape(p['measure'])}: <b>{_fmt(p['value'])}</b></td>"
+        f"<td class='num'>{_interval(p)}</td><td>{html.escape(p['control'])}</td>"
+        f"<td><span class='badge {p['check']}'>{html.escape(p['check'])}</span><br><span class='muted'>{html.escape(p['rule'])}</span></td></tr>"
+        for p in checks)
+    head = "<tr><th>precondition</th><th>statement</th><th>measured figure</th><th>interval</th><th>for reference</th><th>check (rule)</th></tr>"
+    return ("<h2>Preconditions</h2><p class='muted'>Checks that make the verdicts meaningful; a claim whose study "
+            f"requires a failed precondition is reported as inconclusive.</p><table>{head}{rows}</table>")
 
 
 def table_html(t: dict[str, Any]) -> str:
@@ -75,18 +97,35 @@ def figure_html(spec: dict[str, Any]) -> str:
     return f"<figure><img alt='{html.escape(spec['title'])}' src='data:image/png;base64,{data}'>{cap}</figure>"
 
 
+def _claims_section() -> str:
+    from ..claims import CLAIMS, claim_rules
+
+    rules = claim_rules()
+    items = []
+    for c in CLAIMS:
+        tested = "".join(f"<li><code>{html.escape(study)}</code> — {html.escape(what)}.<br><span class='muted'>rule: "
+                         f"{html.escape(rule)}</span></li>" for study, what, rule in rules.get(c.id, []))
+        items.append(f"<h3 id='claim-{c.id}'>{c.id}. {html.escape(c.title)}</h3><p>{html.escape(c.asserts)}</p>"
+                     f"<p class='muted'>Source: {html.escape(c.source)} How its authors measured it: {html.escape(c.how_measured)}</p>"
+                     f"<ul>{tested or '<li class=muted>no study tests it yet</li>'}</ul>")
+    return "<h2 id='claims'>The claims</h2>" + "".join(items)
+
+
 def build_html(document: dict[str, Any]) -> str:
     parts = [f"<h1>taskloc report</h1><p class='sub'>preset <b>{html.escape(document['preset'])}</b> · "
              f"seed {document['config']['seed']} · taskloc {html.escape(document['taskloc_version'])}"
              + (f" · model <code>{html.escape(document['config']['model_path'])}</code>" if document["config"].get("model_path") else "")
              + "</p>",
-             "<h2>Verdicts</h2>", _verdict_table(document["claims"])]
+             "<h2>Verdicts</h2>", "<p class='muted'>What each claim asserts, its source and the rule that decides it: <a href='#claims'>the claims</a> "
+             "below (the same text as <code>taskloc claims</code> and docs/claims.md).</p>",
+             _verdict_table(document["claims"]), _precondition_table(document.get("preconditions", []))]
     for name, result in document["studies"].items():
         parts.append(f"<h2>Study: {html.escape(name)}</h2>")
         parts.extend(f"<div class='note'>{html.escape(n)}</div>" for n in result.get("notes", []))
         if result.get("figures"):
             parts.append("<div class='figs'>" + "".join(figure_html(f) for f in result["figures"]) + "</div>")
         parts.extend(table_html(t) for t in result.get("tables", []))
+    parts.append(_claims_section())
     body = "\n".join(parts)
     return page("taskloc report", body)
 
