@@ -297,6 +297,14 @@ def _error(path, **kwargs) -> str:
     return message
 
 
+def _both_loaders_refuse(folder, expected: str) -> None:
+    """The HF loader and the checkpoint reader judge a folder's weights with one check, one message."""
+    assert _error(folder) == expected
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(folder)
+    assert str(info.value) == expected
+
+
 def test_missing_folder(tmp_path):
     assert _error(tmp_path / "nope") == (
         f"model folder {tmp_path / 'nope'} does not exist; pass a local Hugging Face model folder "
@@ -331,28 +339,16 @@ def test_malformed_config(tmp_path):
 def test_missing_weights(saved, tmp_path):
     folder = _clone(saved, "llama", tmp_path)
     (folder / "model.safetensors").unlink()
-    message = _error(folder)
-    assert message == (
-        f"{folder} has a config.json but no weights; expected model.safetensors "
-        "(or model.safetensors.index.json and its shards) beside it."
-    )
-    with pytest.raises(CheckpointError) as info:
-        open_checkpoint(folder)
-    assert str(info.value) == message
+    _both_loaders_refuse(folder, f"{folder} has a config.json but no weights; expected model.safetensors "
+                                 "(or model.safetensors.index.json and its shards) beside it.")
 
 
 def test_pickle_weights_refused_unless_allowed(saved, tmp_path):
     folder = _clone(saved, "llama", tmp_path)
     (folder / "model.safetensors").unlink()
     torch.save(saved["llama"][1].state_dict(), folder / "pytorch_model.bin")
-    message = _error(folder)
-    assert message == (
-        f"{folder / 'pytorch_model.bin'} is a pickle checkpoint, which can run code when loaded; refused. "
-        "Convert it to safetensors, or pass --allow-pickle if you trust its source."
-    )
-    with pytest.raises(CheckpointError) as info:  # the checkpoint reader judges the folder the same way
-        open_checkpoint(folder)
-    assert str(info.value) == message
+    _both_loaders_refuse(folder, f"{folder / 'pytorch_model.bin'} is a pickle checkpoint, which can run code when "
+                                 "loaded; refused. Convert it to safetensors, or pass --allow-pickle if you trust its source.")
     loaded = load_hf_model(folder, device="cpu", allow_pickle=True)
     ids = _ids()
     torch.testing.assert_close(loaded(ids), saved["llama"][1](input_ids=ids).logits, rtol=0, atol=1e-5)
@@ -374,14 +370,8 @@ def test_missing_shard(saved, tmp_path):
     (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
     index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    message = _error(folder)
-    assert message == (
-        f"model.safetensors.index.json in {folder} lists 2 shard(s) but 1 are missing, "
-        "first model-00002-of-00002.safetensors; download or copy the complete checkpoint."
-    )
-    with pytest.raises(CheckpointError) as info:
-        open_checkpoint(folder)
-    assert str(info.value) == message
+    _both_loaders_refuse(folder, f"model.safetensors.index.json in {folder} lists 2 shard(s) but 1 are missing, "
+                                 "first model-00002-of-00002.safetensors; download or copy the complete checkpoint.")
 
 
 def test_corrupt_weights(saved, tmp_path):
