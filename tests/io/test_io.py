@@ -57,6 +57,12 @@ def test_header_offsets_must_match_shape_and_dtype(tmp_path):
         open_checkpoint(path)
 
 
+def _refusal(path, **kwargs) -> str:
+    with pytest.raises(CheckpointError) as info:
+        open_checkpoint(path, **kwargs)
+    return str(info.value)
+
+
 def _sharded_folder(folder, tensors):
     folder.mkdir()
     names = list(tensors)
@@ -76,10 +82,8 @@ def test_sharded_folder_reads_across_shards_and_names_a_missing_shard(tmp_path):
     assert ckpt.format == "hf-sharded" and sorted(ckpt.names()) == sorted(tensors)
     assert all(torch.equal(ckpt.get(n), t) for n, t in tensors.items())
     (folder / "model-00002-of-00002.safetensors").unlink()
-    with pytest.raises(CheckpointError) as info:
-        open_checkpoint(folder)
-    assert str(info.value) == (f"model.safetensors.index.json in {folder} lists 2 shard(s) but 1 are missing, "
-                               "first model-00002-of-00002.safetensors; download or copy the complete checkpoint.")
+    assert _refusal(folder) == (f"model.safetensors.index.json in {folder} lists 2 shard(s) but 1 are missing, "
+                                "first model-00002-of-00002.safetensors; download or copy the complete checkpoint.")
 
 
 def test_run_directory_stands_for_its_one_base_model(tmp_path):
@@ -93,19 +97,15 @@ def test_run_directory_stands_for_its_one_base_model(tmp_path):
     assert torch.equal(ckpt.get("blocks.0.attn.qkv.weight"), _tensors()["blocks.0.attn.qkv.weight"])
     (run / "artefacts" / "base-def").mkdir()
     save_file(_tensors(2), str(run / "artefacts" / "base-def" / "model.safetensors"))
-    with pytest.raises(CheckpointError) as info:
-        open_checkpoint(run)
-    assert str(info.value) == (f"{run} is a run directory with 2 base models ('artefacts/base-abc', 'artefacts/base-def'); "
-                               "pass one of these folders.")
+    assert _refusal(run) == (f"{run} is a run directory with 2 base models ('artefacts/base-abc', 'artefacts/base-def'); "
+                             "pass one of these folders.")
 
 
 def test_run_directory_without_a_base_says_so(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"preset": "quick", "pretrain": {}}))
-    with pytest.raises(CheckpointError) as info:
-        open_checkpoint(run)
-    assert str(info.value) == (
+    assert _refusal(run) == (
         f"{run} is a taskloc run directory without a finished base model (still pretraining, or a run on --model); "
         "pass a run that pretrained its base, or the model file or folder itself."
     )
