@@ -9,7 +9,9 @@ A kernel maps (q, k, v) to the attended values:
 * The queries are the last Tq of the Tk positions (Tk - Tq cached keys precede them).
 * ``mask`` (optional) broadcasts to (B, H, Tq, Tk): boolean (True = may attend) or additive float
   (0 = attend, a large negative number = do not), e.g. padding. ``causal`` adds the causal rule on
-  top. A query row that may attend nothing gets a uniform pattern, not NaN, as in HF's eager path.
+  top. A query row that may attend nothing (a padding query) must come out finite, never NaN,
+  which would reach real tokens through 0 * NaN; its value is otherwise unspecified (dense: a
+  uniform pattern on the explicit path, as HF's eager; zeros or uniform from SDPA's kernels).
 * ``scale`` multiplies q.k; None means 1/sqrt(Dh).
 
 The pattern-site contract: when ``pattern_site.active`` (a hook is attached) the kernel passes the
@@ -74,7 +76,7 @@ def attention_bias(
         bias = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, lowest)
     else:
         bias = mask.to(dtype)
-    if causal:
+    if causal and t_q > 1:  # a single query sits last and sees every key
         blocked = ~causal_mask(t_q, t_k, device)  # (Tq, Tk)
         bias = blocked.to(dtype) * lowest if bias is None else bias.masked_fill(blocked, lowest)
     return bias
@@ -129,6 +131,7 @@ def dense_attention(
     bias = attention_bias(mask, causal, t_q, t_k, scores.dtype, q.device)
     if bias is not None:
         scores = scores + bias
-    # Softmax in float32 as HF's eager path does, so half-precision patterns still sum to 1.
-    pattern = pattern_site(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype))  # rows sum to 1
+    # Half precision takes its softmax in float32, as HF's eager path does, so rows still sum to 1.
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+    pattern = pattern_site(probs.to(v.dtype))  # (B, H, Tq, Tk), rows sum to 1
     return grouped_values(pattern, v)
