@@ -143,6 +143,32 @@ def test_sampled_prediction_never_changes_the_exact_results(sample_entries, top)
     assert ("pass2_s" in report.timings) == (sample_entries == 0)  # no prediction: pass 2 fetches everything
 
 
+@pytest.mark.parametrize("z_own", [4.0, 0.0])  # the default margin / none, so that some miss
+def test_predicted_own_buckets_spare_the_second_sweep(monkeypatch, z_own):
+    """Each tensor is swept once when its own curve's buckets are predicted from its sample; a
+    missed bucket costs that tensor a lookup sweep, never exactness."""
+    import taskloc.deltas.analysis as analysis
+    import taskloc.deltas.predict as predict
+
+    sweeps = []
+
+    def counted(item, n, lut, moments, *args, **kwargs):
+        sweeps.append(moments)
+        return real(item, n, lut, moments, *args, **kwargs)
+
+    real = analysis.sweep
+    monkeypatch.setattr(analysis, "sweep", counted)
+    monkeypatch.setattr(predict, "Z_OWN", z_own)
+    base, tuned = _structured(seed=7)
+    _check_against_sorting(base, tuned, "2%")  # own curves not predicted: tensors under OWN_ENTRIES
+    unpredicted = sweeps.count(False)
+    sweeps.clear()
+    monkeypatch.setattr(predict, "OWN_ENTRIES", 1000)
+    _check_against_sorting(base, tuned, "2%", sample_entries=20000)
+    assert sweeps.count(True) == len(base) and unpredicted == len(base)
+    assert (sweeps.count(False) == 0) == (z_own > 0)
+
+
 def test_missed_predictions_are_fetched_by_pass_2(monkeypatch):
     import taskloc.deltas.predict as predict
 
@@ -183,19 +209,43 @@ def test_threaded_sweeps_give_the_same_report(monkeypatch):
 def test_compiled_loop_equals_numpy_steps(monkeypatch, rate):
     from dataclasses import asdict
 
-    from taskloc.deltas import kernel, sweep
+    from taskloc.deltas import kernel, predict, radix, sweep
 
     if not kernel.AVAILABLE:
         pytest.skip("numba is not installed: only the numpy path exists")
     base, tuned = _structured(seed=6)
+    base["bf16"], tuned["bf16"] = base.pop("blocks.2.mlp.fc_in.weight").bfloat16(), tuned.pop("blocks.2.mlp.fc_in.weight").bfloat16()
+    monkeypatch.setattr(predict, "OWN_ENTRIES", 1000)  # own buckets predicted and streamed apart
+    monkeypatch.setattr(sweep, "FLUSH", 1 << 12)  # many flushes of the packed accumulators
+    monkeypatch.setattr(sweep, "ROOM", kernel.CHUNK)  # the compiled sweep stops and resumes every chunk
+    monkeypatch.setattr(sweep, "BLOCK", 1000)  # blocks not a multiple of the chunk (the bf16 pair)
     reports = []
     for compiled in (True, False):
         monkeypatch.setattr(sweep, "COMPILED_ON_CPU", compiled)
-        monkeypatch.setattr(sweep, "FLUSH", 1 << 12)  # many flushes of the packed accumulators
+        monkeypatch.setattr(radix, "COMPILED_COUNTS", compiled)
         reports.append(asdict(_check_against_sorting(base, tuned, rate)))
-    for r in reports:
-        r.pop("timings")
-    assert reports[0] == reports[1]
+    exact, base_norms = zip(*(_split_base_norms(r) for r in reports))
+    assert exact[0] == exact[1]  # every integer-derived figure, bit for bit
+    assert base_norms[0] == pytest.approx(base_norms[1], rel=1e-6)  # float32 dot vs float64 sum of base^2
+
+
+def _split_base_norms(report: dict) -> tuple[dict, list[float]]:
+    """A report without its timings, and the figures that depend on sum base^2 (summed in another
+    order by the compiled loop), taken out of it."""
+    taken: list[float] = []
+
+    def strip(x):
+        if isinstance(x, dict):
+            out = {}
+            for key, value in x.items():
+                if key in ("base_energy", "rel_norm") and value is not None:
+                    taken.append(value)
+                elif key != "timings":
+                    out[key] = strip(value)
+            return out
+        return [strip(v) for v in x] if isinstance(x, list) else x
+
+    return strip(report), taken
 
 
 def test_bfloat16_checkpoints_are_exact():

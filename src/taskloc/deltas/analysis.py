@@ -1,13 +1,14 @@
 """Streaming delta analysis: one tensor pair in memory at a time, exact global figures.
 
 A sampling pre-pass (predict.py) reads a small fraction of every tensor to guess where the global
-ranks will fall. Pass 1 then sweeps each tensor twice while it is mapped (sweep.py): first its
-exact level-1 histogram (radix.py: counts and exact sums of |d| and d^2 per bucket; Gini, Hoyer
-and relative norm follow, effective rank comes from the delta of small matrices), then one lookup
-that returns the entries of a few flagged buckets -- those its own exact curve and maximum need
-(known exactly after the first sweep), those the global curve and threshold are predicted to
+ranks, and each large tensor's own ranks, will fall. Pass 1 then sweeps each tensor once while it
+is mapped (sweep.py): its exact level-1 histogram (radix.py: counts and exact sums of |d| and d^2
+per bucket; Gini, Hoyer and relative norm follow, effective rank comes from the delta of small
+matrices) and, in the same sweep, the entries of a few flagged buckets -- those its own exact
+curve and maximum are predicted to need, those the global curve and threshold are predicted to
 need, and every entry that may be in the global top k, which goes to the selection sink as a
-candidate. The per-tensor histograms add up to the global one, which places the global ranks
+candidate. A tensor whose own buckets were not all predicted (small tensors are not) gets a
+second, lookup-only sweep while still mapped. The per-tensor histograms add up to the global one, which places the global ranks
 exactly; when the predictions held (the usual case) everything is known after pass 1. Otherwise
 pass 2 streams again over the tensors with entries in the missing buckets (or selects, when the
 candidates would not fit in memory), and when the threshold's bucket is too big to hold its
@@ -222,6 +223,7 @@ class _Stream:
         self.buckets: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name -> compressed level-1 counts
         self.rank_skipped = 0
         self.largest = max((source.numel(n) for n in source.names), default=0)
+        self.own_windows: dict[str, list[tuple[int, int]]] = {}  # name -> buckets its own figures may need (predicted)
         self.scratch = Scratch(device)  # block buffers of the sweeps run on the main thread
         self._local = threading.local()  # ... and of those run in worker threads
 
@@ -269,9 +271,16 @@ class _Stream:
         if self.sample_entries <= 0:
             return None
         sampler = Sampler(self.sample_entries)
-        for name, bits in self.in_order(lambda name: (name, sampler.sample(self.source.load(name), self.source.numel(name))),
-                                        self.source.names):
+
+        def sample(name: str) -> tuple[str, np.ndarray, list[tuple[int, int]]]:
+            n = self.source.numel(name)
+            bits = sampler.sample(self.source.load(name), n)
+            return name, bits, sampler.own_windows(n, bits, ranks_for(n, self.grid) + [1])  # [1]: its maximum
+
+        for name, bits, windows in self.in_order(sample, self.source.names):
             sampler.add(self.source.numel(name), bits)
+            if windows:
+                self.own_windows[name] = windows
         return sampler.estimate()
 
     # --- pass 1 ----------------------------------------------------------------------------------
@@ -285,18 +294,21 @@ class _Stream:
     def _sweep_tensor(self, name: str, plan: _Plan) -> _Swept:
         """One tensor's figures (run in a worker thread; touches no shared state). One sweep takes
         the moments (exact histogram) and the entries of the buckets the plan collects for the
-        global figures. The buckets its own curve and maximum need are known only after it; when
-        some lie outside the plan's (tensors unlike the pooled sample), a second, lookup-only
-        sweep fetches them. (Recomputing the delta in cache for that sweep moves less memory than
-        keeping it: the inputs are read again, but nothing tensor-sized is written.)"""
+        global figures, plus the bit patterns of those its own curve and maximum are predicted to
+        need (from its own sample, for large tensors). Which buckets those are is known exactly
+        only after the sweep; when some were missed (a small tensor, or an unusual sample), a
+        second, lookup-only sweep fetches them. (Recomputing the delta in cache for that sweep
+        moves less memory than keeping it: the inputs are read again, but nothing tensor-sized
+        is written.)"""
         item, scratch = self.source.load(name), self.thread_scratch()
         shape, n = self.source.shapes[name], self.source.numel(name)
         if item.zero:  # untouched: all entries are exact zeros
             moments, hist = SweepResult(), Histogram.of_zeros(n)
             hits = sweep(item, n, plan.flags, False, scratch) if plan.flags[0] else SweepResult()
         else:
-            # the moments and the entries of the plan's buckets in one sweep
-            moments = sweep(item, n, plan.flags, True, scratch, base_squares=item.base is not None)
+            # the moments, the entries of the plan's buckets and of its own predicted ones in one sweep
+            own_flags = _flags_of_windows(self.own_windows.get(name, []))
+            moments = sweep(item, n, plan.flags, True, scratch, base_squares=item.base is not None, own=own_flags)
             hist = Histogram.from_moments(moments.counts, moments.low_sum, moments.low_sq)
             hits = moments
         if hist.has_nonfinite():
@@ -306,10 +318,11 @@ class _Stream:
         if item.zero:
             curve, n_changed, max_abs, erank = (list(self.grid), list(self.grid)), 0, 0.0, None
         else:
-            own = self._own_buckets(n, hist, moments)
-            level2 = Level2Counts(own)
+            needed = self._own_buckets(n, hist, moments)
+            level2 = Level2Counts(needed)
             level2.add(hits.bits, hi)
-            extra = [b for b in own if not plan.flags[b]]
+            level2.add(moments.own_bits)  # entries of own buckets outside the plan's
+            extra = [b for b in needed if not plan.flags[b] and not own_flags[b]]
             if extra:  # its own curve needs buckets outside the plan's: a second, lookup-only sweep
                 level2.add(sweep(item, n, _flags_of(extra), False, scratch).bits)
             within = level2.within()
@@ -530,6 +543,14 @@ def _sweep_threads(most: int) -> int:
     if wanted.isdigit() and int(wanted) > 0:
         return int(wanted)
     return max(1, min(most, cpus))
+
+
+def _flags_of_windows(windows: list[tuple[int, int]]) -> np.ndarray:
+    """(N_BUCKETS,) bool: the buckets of inclusive ranges [lo, hi]."""
+    flags = np.zeros(N_BUCKETS, dtype=bool)
+    for lo, hi in windows:
+        flags[lo:hi + 1] = True
+    return flags
 
 
 def _flags_of(buckets: Sequence[int]) -> np.ndarray:

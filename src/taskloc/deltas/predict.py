@@ -25,6 +25,11 @@ from .sources import Loaded
 
 SAMPLE_ENTRIES = 1 << 16  # sampled entries per tensor (the whole tensor below this)
 Z = 5.0  # standard errors of margin on each side of a predicted bucket: a miss costs another pass
+# A tensor's own curve and maximum: predicted from its own sample for tensors of at least
+# OWN_ENTRIES entries (a smaller one is swept again at little cost), with a narrower margin -- a
+# miss costs one more sweep of that tensor only, while every flagged entry costs a little in each
+Z_OWN = 4.0
+OWN_ENTRIES = 1 << 20
 
 
 def sample_stride(n: int, entries: int) -> int:
@@ -66,14 +71,14 @@ class Estimate:
         self.var += other.var
         self.weight = max(self.weight, other.weight)
 
-    def windows(self, ranks: Iterable[int]) -> list[tuple[int, int]]:
+    def windows(self, ranks: Iterable[int], z: float | None = None) -> list[tuple[int, int]]:
         """For each rank r >= 1, the buckets [lo, hi] that may hold the r-th largest entry.
 
         The r-th largest lies in the bucket B with C(>= B) >= r > C(>= B+1), C the true counts. The
         bounds U >= C >= L are made monotone (C is non-increasing in b, so C(>= b) <= U(b') for any
         b' <= b and C(>= b) >= L(b') for any b' >= b), then B <= hi, the last b with U(b) >= r,
         and B >= lo, the first b with L(b+1) < r."""
-        margin = Z * np.sqrt(self.var) + self.weight
+        margin = (Z if z is None else z) * np.sqrt(self.var) + self.weight
         upper = np.minimum.accumulate(self.ge + margin)  # (N_BUCKETS + 1,) non-increasing
         lower = np.maximum.accumulate((self.ge - margin)[::-1])[::-1]
         r = -np.asarray(list(ranks), dtype=np.float64)
@@ -109,6 +114,15 @@ class Sampler:
         pool = self.pools.setdefault((n, sample_stride(n, self.entries)), [np.zeros(N_BUCKETS, np.int64), 0])
         pool[0] += np.bincount(bits >> BUCKET_SHIFT, minlength=N_BUCKETS)[:N_BUCKETS]
         pool[1] += len(bits)
+
+    def own_windows(self, n: int, bits: np.ndarray, ranks: list[int]) -> list[tuple[int, int]]:
+        """Buckets that may hold each of ``ranks`` of one tensor of n entries, from its own sample
+        (``sample``'s result); none for tensors under OWN_ENTRIES."""
+        if n < OWN_ENTRIES or not len(bits) or not ranks:
+            return []
+        stride = sample_stride(n, self.entries)
+        per_bucket = np.bincount(bits >> BUCKET_SHIFT, minlength=N_BUCKETS)[:N_BUCKETS]
+        return Estimate.of_counts(per_bucket, len(bits), 1.0 if stride == 1 else n / len(bits)).windows(ranks, Z_OWN)
 
     def estimate(self) -> Estimate:
         total = Estimate.empty()

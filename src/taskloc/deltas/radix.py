@@ -25,6 +25,7 @@ BUCKET_SHIFT = 15
 N_BUCKETS = 1 << 16
 LOW_MASK = (1 << BUCKET_SHIFT) - 1
 ABS_MASK = 0x7FFFFFFF  # clears the sign bit
+COMPILED_COUNTS = True  # False keeps level-2 counting in numpy where numba is installed (tests compare)
 NONFINITE_BUCKET = 0x7F800000 >> BUCKET_SHIFT
 
 
@@ -254,6 +255,11 @@ class Level2Counts:
         """Count the entries of wanted buckets among ``bits`` (int32 patterns of |d|; ``hi`` their
         buckets, when already known)."""
         if not self.buckets or not len(bits):
+            return
+        from . import kernel  # imported here: kernel.py takes its constants from this module
+
+        if kernel.AVAILABLE and COMPILED_COUNTS and bits.dtype == np.int32:
+            kernel.count_low_bits(bits, self.slot, self.counts)  # one pass, no temporaries
             return
         hi = bits >> BUCKET_SHIFT if hi is None else hi
         keep = np.flatnonzero(self.wanted[hi])  # entries in a wanted bucket

@@ -64,6 +64,13 @@ class Loaded:
         held = self.given if self.given is not None else self.base
         return 0 if held is None else held.numel()
 
+    def float32_pair(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(tuned, base) as flat float32 numpy arrays when both are float32 (the compiled sweep
+        reads them in place), else None."""
+        if self._np is not None and self._np[0].dtype == np.float32:
+            return self._np
+        return None
+
     def _block_tmp(self, m: int) -> np.ndarray:
         if len(self._tmp) < m:
             self._tmp = np.empty(m, np.float32)

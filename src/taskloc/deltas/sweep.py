@@ -3,14 +3,18 @@
 Per bucket (radix.py) the pass sums, as exact integers, the entry count, the low 15 bits L and
 L^2 -- everything ``Histogram.from_moments`` needs for exact sums of |d| and d^2 -- with two
 integer scatter-adds per entry: the count rides in the high bits of the L sum (``COUNT_ONE``),
-so no third scatter is needed. It also returns the flat index and bit pattern of every entry
-whose bucket is flagged in a lookup table: the buckets whose exact values (level 2) are wanted,
-and the buckets a top-k selection may take entries from.
+so no third scatter is needed. It also returns the entries of flagged buckets: for the ``lut``
+buckets (those whose global level 2 is wanted, and those a top-k selection may take entries
+from) their flat index and bit pattern; for the ``own`` buckets (those a tensor's own curve is
+predicted to need) only their bit patterns, which is all level 2 needs.
 
-On CPU the pass runs over blocks of ``BLOCK`` entries, so that the delta and its temporaries stay
-in cache between the elementwise steps; the bit operations run in numpy and the scatter-adds in
-torch (both release the GIL; neither starts threads, which only cost hand-offs on a busy
-machine). On an accelerator the same steps run as torch ops over blocks of ``FLUSH`` entries.
+Three implementations, the same integers (tests compare them):
+- compiled (kernel.py, when numba is installed): a float32 pair is swept straight from its mapped
+  arrays in one call per range of entries; other pairs are widened block by block first;
+- numpy steps over blocks of ``BLOCK`` entries, so that the delta and its temporaries stay in
+  cache between the elementwise steps, with the scatter-adds in torch (no threads are started:
+  on a busy machine each hand-off costs milliseconds);
+- torch ops over blocks of ``FLUSH`` entries on an accelerator.
 """
 from __future__ import annotations
 
@@ -27,12 +31,13 @@ from .sources import Loaded
 BLOCK = 1 << 17  # CPU block: ~3 MB of temporaries per block, within L2 + a slice of L3
 NUMPY_ON_CPU = True  # False runs the torch (accelerator) kernel on CPU too: tests compare the two
 COMPILED_ON_CPU = True  # False keeps the numpy steps even where the compiled loop (kernel.py) is available
-COUNT_SHIFT = 38
-COUNT_ONE = 1 << COUNT_SHIFT
+COUNT_SHIFT = kernel.COUNT_SHIFT
+COUNT_ONE = kernel.COUNT_ONE
 # Entries summed into the packed (count << 38) + sum L accumulator before it is unpacked: with at
 # most 2^23 entries per bucket, sum L < 2^23 * 2^15 = 2^38 stays below the count field, the
 # count field stays below 2^63, and sum L^2 < 2^53
 FLUSH = 1 << 23
+ROOM = 1 << 20  # flagged entries the compiled sweep buffers before Python copies them out (12 MB)
 
 
 @dataclass
@@ -41,8 +46,123 @@ class SweepResult:
     low_sum: np.ndarray | None = None  # (N_BUCKETS,) int64 sum of L per bucket
     low_sq: np.ndarray | None = None  # (N_BUCKETS,) int64 sum of L^2 per bucket
     base_sq: float | None = None  # sum base^2, when asked for
-    idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (h,) flagged entries, ascending
+    idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (h,) entries of lut buckets, ascending
     bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (h,) their |d| bit patterns
+    own_bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (o,) |d| of entries in own but not lut buckets
+
+
+def sweep(item: Loaded, n: int, lut: np.ndarray | None, moments: bool, scratch: Scratch,
+          base_squares: bool = False, own: np.ndarray | None = None) -> SweepResult:
+    """Moments (when ``moments``), the entries of buckets flagged in ``lut`` and the bit patterns
+    of those flagged in ``own`` only ((N_BUCKETS,) bool each, or None for none) of one tensor
+    pair's delta, computed on ``scratch.device``. With ``base_squares``, sum base^2 is taken
+    while each block is in cache (float64 total), when the pair allows it (``SweepResult.base_sq``)."""
+    out = SweepResult()
+    lut = lut if lut is not None and lut.any() else None
+    own = own if own is not None and own.any() else None
+    if not moments and lut is None and own is None:
+        return out
+    cpu = scratch.device.type == "cpu" and NUMPY_ON_CPU
+    if cpu and COMPILED_ON_CPU and kernel.AVAILABLE:
+        return _Compiled(scratch, moments, lut, own).run(item, n, base_squares, out)
+    blocks = _Blocks(scratch, n, moments, lut, own)
+    squares: float | None = 0.0 if base_squares else None
+    for start in range(0, n, blocks.size):
+        stop = min(n, start + blocks.size)
+        buf = blocks.delta if stop - start == blocks.size else blocks.delta[:stop - start]
+        blocks.step(item.delta_into(start, stop, buf), start)
+        if squares is not None:
+            block_sq = item.base_squares(start, stop)
+            squares = None if block_sq is None else squares + block_sq
+    out.base_sq = squares
+    return blocks.finish(out)
+
+
+def _codes(lut: np.ndarray | None, own: np.ndarray | None) -> np.ndarray:
+    """(N_BUCKETS,) uint8 kernel codes: PLAN for lut buckets, OWN for own buckets."""
+    codes = np.zeros(N_BUCKETS, np.uint8)
+    if own is not None:
+        codes[own] = kernel.OWN
+    if lut is not None:
+        codes[lut] |= kernel.PLAN
+    return codes
+
+
+class _Compiled:
+    """One sweep through kernel.py: a float32 pair in one call per ROOM flagged entries, anything
+    else block by block after widening."""
+
+    def __init__(self, scratch: Scratch, moments: bool, lut: np.ndarray | None, own: np.ndarray | None) -> None:
+        self.moments = moments
+        self.use_lut = lut is not None or own is not None
+        self.codes = _codes(lut, own) if self.use_lut else kernel.NO_LUT
+        if moments:  # acc: (2 * N_BUCKETS,) packed and squares side by side, one cache line per bucket
+            self.acc = scratch.get("acc", 2 * N_BUCKETS, torch.int64).numpy()
+            self.acc.fill(0)
+            self.totals = np.zeros((3, N_BUCKETS), np.int64)  # count, sum L, sum L^2
+        else:
+            self.acc, self.totals = kernel.NO_ENTRIES, np.zeros((3, 1), np.int64)
+        if self.use_lut:
+            self.hit_idx = scratch.get("hit_idx", ROOM, torch.int64).numpy()
+            self.hit_bits = scratch.get("hit_bits", ROOM, torch.int32).numpy()
+            self.own_bits = scratch.get("own_bits", ROOM, torch.int32).numpy()
+        else:
+            self.hit_idx, self.hit_bits, self.own_bits = kernel.NO_ENTRIES, kernel.NO_BITS, kernel.NO_BITS
+        self.scratch = scratch
+        self.state = kernel.new_state()
+        self.found: list[tuple[np.ndarray, np.ndarray]] = []
+        self.owned: list[np.ndarray] = []
+
+    def run(self, item: Loaded, n: int, base_squares: bool, out: SweepResult) -> SweepResult:
+        pair = item.float32_pair()
+        if pair is not None:
+            tuned, base = pair
+            chunk = self.scratch.get("chunk", kernel.CHUNK, torch.float32).numpy()
+            squares, pos = 0.0, 0
+            while pos < n:
+                pos, part = kernel.sweep_pair(tuned, base, pos, n, self.moments, FLUSH, base_squares, self.acc, self.totals,
+                                              self.state, self.codes, self.use_lut, self.hit_idx, self.hit_bits,
+                                              self.own_bits, chunk)
+                squares += part
+                self._drain()
+            out.base_sq = squares if base_squares else None
+        else:
+            out.base_sq = self._blocks(item, n, base_squares)
+        if self.moments:
+            kernel.finish(self.acc, self.totals, self.state)
+            out.counts, out.low_sum, out.low_sq = self.totals
+        if self.found:
+            out.idx = np.concatenate([f[0] for f in self.found])
+            out.bits = np.concatenate([f[1] for f in self.found])
+        if self.owned:
+            out.own_bits = np.concatenate(self.owned)
+        return out
+
+    def _blocks(self, item: Loaded, n: int, base_squares: bool) -> float | None:
+        size = max(1, min(n, BLOCK, len(self.hit_idx) if self.use_lut else BLOCK))  # a block's flagged entries fit the buffers
+        delta = self.scratch.get("block_delta", size, torch.float32)
+        squares: float | None = 0.0 if base_squares else None
+        for start in range(0, n, size):
+            stop = min(n, start + size)
+            if self.use_lut and int(self.state[kernel.HITS:].max()) + (stop - start) > ROOM:
+                self._drain()
+            block = item.delta_into(start, stop, delta[:stop - start])
+            kernel.sweep_bits(block.numpy().view(np.int32), start, self.moments, FLUSH, self.acc, self.totals, self.state,
+                              self.codes, self.use_lut, self.hit_idx, self.hit_bits, self.own_bits)
+            if squares is not None:
+                block_sq = item.base_squares(start, stop)
+                squares = None if block_sq is None else squares + block_sq
+        self._drain()
+        return squares
+
+    def _drain(self) -> None:
+        """Copy the flagged entries out of the reused buffers."""
+        h, o = int(self.state[kernel.HITS]), int(self.state[kernel.OWNS])
+        if h:
+            self.found.append((self.hit_idx[:h].copy(), self.hit_bits[:h].copy()))
+        if o:
+            self.owned.append(self.own_bits[:o].copy())
+        self.state[kernel.HITS] = self.state[kernel.OWNS] = 0
 
 
 class _Moments:
@@ -69,13 +189,6 @@ class _Moments:
         self.squares.scatter_add_(0, key, squares)
         self.pending += key.numel()
 
-    def reserve(self, m: int) -> tuple[np.ndarray, np.ndarray]:
-        """Room for m more entries (flushing first if needed): the CPU accumulators as numpy arrays."""
-        if self.pending + m > FLUSH:
-            self.flush()
-        self.pending += m
-        return self.packed.numpy(), self.squares.numpy()
-
     def flush(self) -> None:
         if not self.pending:
             return
@@ -92,48 +205,22 @@ class _Moments:
         self.pending = 0
 
 
-def sweep(item: Loaded, n: int, lut: np.ndarray | None, moments: bool, scratch: Scratch,
-          base_squares: bool = False) -> SweepResult:
-    """Moments (when ``moments``) and the entries of buckets flagged in ``lut`` ((N_BUCKETS,)
-    bool, or None for none) of one tensor pair's delta, computed on ``scratch.device``. With
-    ``base_squares``, sum base^2 is taken block by block while each block is in cache (float32
-    products, float64 total), when the pair allows it (``SweepResult.base_sq``)."""
-    out = SweepResult()
-    if lut is not None and not lut.any():
-        lut = None
-    if not moments and lut is None:
-        return out
-    blocks = _Blocks(scratch, n, moments, lut)
-    squares: float | None = 0.0 if base_squares else None
-    for start in range(0, n, blocks.size):
-        stop = min(n, start + blocks.size)
-        buf = blocks.delta if stop - start == blocks.size else blocks.delta[:stop - start]
-        blocks.step(item.delta_into(start, stop, buf), start)
-        if squares is not None:
-            block_sq = item.base_squares(start, stop)
-            squares = None if block_sq is None else squares + block_sq
-    out.base_sq = squares
-    return blocks.finish(out)
-
-
 class _Blocks:
-    """The per-block steps of one sweep, with their buffers fetched once (a block costs ~0.2 ms
-    of numpy work, so per-block Python overhead is worth keeping to a few calls)."""
+    """The per-block steps of the numpy and torch sweeps, with their buffers fetched once (a block
+    costs ~0.2 ms of numpy work, so per-block Python overhead is worth keeping to a few calls)."""
 
-    def __init__(self, scratch: Scratch, n: int, moments: bool, lut: np.ndarray | None) -> None:
+    def __init__(self, scratch: Scratch, n: int, moments: bool, lut: np.ndarray | None, own: np.ndarray | None) -> None:
         self.cpu = scratch.device.type == "cpu" and NUMPY_ON_CPU
         self.size = BLOCK if self.cpu else FLUSH
         m = self.size = max(1, min(n, self.size))
         self.out = SweepResult()
         self.acc = _Moments(self.out, scratch.device) if moments else None
-        self.lut = lut if self.cpu or lut is None else torch.from_numpy(lut).to(scratch.device)
+        own_only = own & ~lut if own is not None and lut is not None else own  # entries of both go to the hits
+        self.luts = [x if self.cpu or x is None else torch.from_numpy(x).to(scratch.device) for x in (lut, own_only)]
         self.hits: list[tuple[np.ndarray, np.ndarray]] = []
+        self.owned: list[np.ndarray] = []
         self.delta = scratch.get("block_delta", m, torch.float32)
-        self.compiled = self.cpu and COMPILED_ON_CPU and kernel.AVAILABLE
-        if self.compiled:  # (m,) where the compiled loop writes the flagged entries
-            self.hit_idx = scratch.get("block_hit_idx", m, torch.int64).numpy()
-            self.hit_bits = scratch.get("block_hit_bits", m, torch.int32).numpy()
-        elif self.cpu:  # (m,) buffers: numpy views for the bit operations, torch views for scatter_add_
+        if self.cpu:  # (m,) buffers: numpy views for the bit operations, torch views for scatter_add_
             self.key32 = scratch.get("block_key32", m, torch.int32).numpy()
             self.key_t = scratch.get("block_key", m, torch.int64)  # int64: scatter_add_ and np.take index with it as is
             self.low = scratch.get("block_low", m, torch.int32).numpy()
@@ -144,9 +231,11 @@ class _Blocks:
 
     def step(self, delta: torch.Tensor, start: int) -> None:
         """delta: (m,) float32, entries start..start+m of the tensor."""
-        found = self._cpu(delta.numpy()) if self.cpu else self._device(delta)
+        found, owned = self._cpu(delta.numpy()) if self.cpu else self._device(delta)
         if found is not None and len(found[0]):
             self.hits.append((found[0] + start, found[1]))
+        if owned is not None and len(owned):
+            self.owned.append(owned)
 
     def finish(self, out: SweepResult) -> SweepResult:
         if self.acc is not None:
@@ -155,22 +244,13 @@ class _Blocks:
         if self.hits:
             out.idx = np.concatenate([h[0] for h in self.hits])
             out.bits = np.concatenate([h[1] for h in self.hits])
+        if self.owned:
+            out.own_bits = np.concatenate(self.owned)
         return out
 
-    def _compiled(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """The same as ``_cpu`` in one compiled loop (kernel.py)."""
-        m = len(delta)
-        packed, squares = self.acc.reserve(m) if self.acc is not None else (kernel.NO_MOMENTS, kernel.NO_MOMENTS)
-        use_lut = self.lut is not None
-        h = kernel.sweep_block(delta.view(np.int32), packed, squares, COUNT_ONE, self.lut if use_lut else kernel.NO_LUT,
-                               use_lut, 0, self.hit_idx, self.hit_bits)
-        # positions are not copied: step() offsets them into a new array before the next block
-        return (self.hit_idx[:h], self.hit_bits[:h].copy()) if use_lut else None
-
-    def _cpu(self, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """Returns (positions within the block, bit patterns) of flagged entries."""
-        if self.compiled:
-            return self._compiled(delta)
+    def _cpu(self, delta: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
+        """Returns (positions within the block, bit patterns) of lut entries and the bit patterns
+        of own-only entries."""
         m = len(delta)
         full = m == self.size
         raw = delta.view(np.int32)  # (m,) sign, exponent, mantissa
@@ -188,21 +268,31 @@ class _Blocks:
                 self.acc.add(self.key_t, self.packed_t, self.squares_t)
             else:
                 self.acc.add(self.key_t[:m], self.packed_t[:m], self.squares_t[:m])
-        if self.lut is None:
-            return None
         flag = self.flag if full else self.flag[:m]
-        np.take(self.lut, key, out=flag, mode="clip")
-        at = np.flatnonzero(flag)
-        return at, raw[at] & ABS_MASK
+        picked = []
+        for lut in self.luts:
+            if lut is None:
+                picked.append(None)
+                continue
+            np.take(lut, key, out=flag, mode="clip")
+            at = np.flatnonzero(flag)
+            picked.append((at, raw[at] & ABS_MASK))
+        found, owned = picked
+        return found, (owned[1] if owned is not None else None)
 
-    def _device(self, delta: torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    def _device(self, delta: torch.Tensor) -> tuple[tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
         """The same steps as torch ops (CUDA)."""
         raw = delta.view(torch.int32)
         key = torch.bitwise_right_shift(raw, BUCKET_SHIFT).bitwise_and_(N_BUCKETS - 1).long()
         if self.acc is not None:
             low = torch.bitwise_and(raw, LOW_MASK).long()
             self.acc.add(key, low + COUNT_ONE, low * low)
-        if self.lut is None:
-            return None
-        at = torch.nonzero(self.lut[key]).view(-1)
-        return at.cpu().numpy(), torch.bitwise_and(raw[at], ABS_MASK).cpu().numpy()
+        picked = []
+        for lut in self.luts:
+            if lut is None:
+                picked.append(None)
+                continue
+            at = torch.nonzero(lut[key]).view(-1)
+            picked.append((at.cpu().numpy(), torch.bitwise_and(raw[at], ABS_MASK).cpu().numpy()))
+        found, owned = picked
+        return found, (owned[1] if owned is not None else None)
