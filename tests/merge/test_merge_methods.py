@@ -288,3 +288,12 @@ def test_bad_options_are_config_errors(models, method, options, message):
 def test_unknown_method_suggests_the_closest():
     with pytest.raises(UnknownNameError, match=r"unknown merge method 'tie'\. Did you mean 'ties'"):
         merge_models({"w": torch.zeros(2)}, [{"w": torch.ones(2)}], method="tie")
+
+
+def test_overflowing_merge_names_the_tensor():
+    from taskloc.errors import CheckpointError
+
+    base = {"a": torch.zeros(3), "b": torch.zeros(2)}
+    task = {"a": torch.ones(3), "b": torch.tensor([3e38, 0.0])}
+    with pytest.raises(CheckpointError, match=r"merging tensor 'b' with task_arithmetic overflows float32 \(NaN or Inf\); lower --lambda"):
+        merge_models(base, [task], method="task_arithmetic", options={"lambda_": 2})

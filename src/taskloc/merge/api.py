@@ -52,9 +52,11 @@ def merged_tensor(merger: MergeMethod, name: str) -> torch.Tensor:
     out = merger.tensor(name, base, tasks)  # (n,) float32
     if any(out.data_ptr() == x.data_ptr() for x in [base, *tasks]):
         out = out.clone()  # an input returned as is may map a file or be the caller's own tensor
-    if not bool(torch.isfinite(out).all()):
-        raise CheckpointError(f"merging tensor {name!r} with {merger.name} gave NaN or Inf (float32 overflow); lower --lambda or the weights.")
-    return out.to(inputs.base.dtype(name)).view(inputs.base.shape(name))
+    out = out.to(inputs.base.dtype(name))
+    if not bool(torch.isfinite(out).all()):  # the inputs are finite: the merge overflowed the dtype
+        raise CheckpointError(f"merging tensor {name!r} with {merger.name} overflows {str(out.dtype).removeprefix('torch.')} "
+                              "(NaN or Inf); lower --lambda or the weights.")
+    return out.view(inputs.base.shape(name))
 
 
 def merge_checkpoints(base: ModelLike, models: Sequence[ModelLike], *, method: str, out: Path,
