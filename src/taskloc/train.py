@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,8 @@ class TrainConfig(Config):
     grad_clip: float = field(1.0, "max global gradient norm")
     eval_every: int = field(200, "steps between evaluations (learning curves)")
     ckpt_every: int = field(100, "steps between resumable checkpoints")
+    optimizer: Literal["adamw", "sgd"] = field("adamw", "AdamW, or plain SGD with momentum (the grafting paper's fine-tuning setting)")
+    momentum: float = field(0.9, "SGD momentum (optimizer = sgd)")
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "ckpt_every"):
@@ -140,8 +143,11 @@ def train(
         for n, p in params.items():
             if n not in mask:
                 p.requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in params.values() if p.requires_grad], lr=cfg.lr,
-                            weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    trained = [p for p in params.values() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(trained, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     start, history = 0, []
     if checkpoint is not None and checkpoint.exists():
         start, history = load_checkpoint(checkpoint, model, opt)

@@ -17,7 +17,7 @@ from taskloc.studies.verdicts import (
     downgrade,
     explain,
 )
-from taskloc.studies.weight_delta import CONCENTRATION_RULE, grafting_rule, imposed_rule
+from taskloc.studies.weight_delta import CONCENTRATION_RULE, LEARNED_RULE, imposed_rule, shape_rule
 
 NAN = float("nan")
 
@@ -124,13 +124,18 @@ def test_weight_delta_rules_are_not_inverted():
     down = {"vs_null": est(0.1, 0.3), "vs_shuffled": est(-0.2, -0.05)}
     assert CONCENTRATION_RULE.decide(up).verdict == "supported"
     assert CONCENTRATION_RULE.decide(down).verdict == "not supported"
-    graft = grafting_rule(0.8)
-    localised = {"topk": est(0.85, 0.95), "topk_vs_dare": est(0.3, 0.6), "dare": est(0.2, 0.5)}
-    redundant = {"topk": est(0.85, 0.95), "topk_vs_dare": est(-0.05, 0.05), "dare": est(0.85, 0.95)}
-    dense = {"topk": est(0.0, 0.1), "topk_vs_dare": est(-0.1, 0.1), "dare": est(0.0, 0.3)}
+    graft = shape_rule(0.8, [0.01, 0.05])
+    low = {"magnitude@0.01": est(0.0, 0.1), "dare@0.01": est(0.0, 0.1), "magnitude-dare@0.01": est(-0.1, 0.1)}
+    localised = {**low, "magnitude@0.05": est(0.85, 0.95), "magnitude-dare@0.05": est(0.3, 0.6), "dare@0.05": est(0.2, 0.5)}
+    redundant = {**low, "magnitude@0.05": est(0.85, 0.95), "magnitude-dare@0.05": est(-0.05, 0.05), "dare@0.05": est(0.85, 0.95)}
+    dense = {**low, "magnitude@0.05": est(0.0, 0.3), "magnitude-dare@0.05": est(-0.1, 0.1), "dare@0.05": est(0.0, 0.3)}
     assert (graft.decide(localised).verdict, graft.label(localised)) == ("supported", "localised")
     assert graft.decide(redundant).verdict == "not supported" and graft.label(redundant).startswith("redundant")
     assert graft.decide(dense).verdict == "not supported" and graft.label(dense).startswith("dense")
+    assert graft.decide({**dense, "magnitude@0.05": est(0.5, 0.9)}).verdict == "inconclusive"
+    fitted = {"learned_vs_shuffled": est(0.1, 0.4), "learned_vs_gaussian": est(0.3, 0.5)}
+    assert LEARNED_RULE.decide(fitted).verdict == "supported"
+    assert LEARNED_RULE.decide({**fitted, "learned_vs_shuffled": est(-0.2, -0.01)}).verdict == "not supported"
     imposed = imposed_rule(0.8)
     assert imposed.decide({"lt_sft": est(0.9, 1.0), "lt_vs_random": est(0.2, 0.4)}).verdict == "supported"
     assert imposed.decide({"lt_sft": est(0.1, 0.3), "lt_vs_random": est(0.2, 0.4)}).verdict == "not supported"

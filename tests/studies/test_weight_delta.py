@@ -6,7 +6,8 @@ import torch
 from taskloc.cli import main
 from taskloc.deltas import concentration_curve, global_topk_mask
 from taskloc.deltas.inmemory import random_mask, tensor_profile
-from taskloc.studies.weight_delta import graft, jaccard
+from taskloc.studies.grafting import Scores, gaussian_like, graft, share_kept
+from taskloc.studies.weight_delta import jaccard
 
 
 def state(seed, ties=False):
@@ -43,17 +44,36 @@ def test_random_mask_has_exact_count_and_is_seeded():
     assert all(torch.equal(a[k], b[k]) for k in a) and not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_graft_full_is_tuned_bit_for_bit_and_empty_is_base():
+def test_graft_full_is_tuned_and_empty_is_base():
     base, tuned = state(0), state(1)
     deltas = {k: tuned[k] - base[k] for k in base}
-    full = graft(base, tuned, global_topk_mask(deltas, 1.0))
-    empty = graft(base, tuned, global_topk_mask(deltas, 0.0))
-    assert all(torch.equal(full[k], tuned[k]) and torch.equal(empty[k], base[k]) for k in base)
+    full = graft(base, deltas, global_topk_mask(deltas, 1.0))
+    empty = graft(base, deltas, global_topk_mask(deltas, 0.0))
+    for k in base:
+        torch.testing.assert_close(full[k], tuned[k], rtol=0, atol=1e-6)
+        assert torch.equal(empty[k], base[k])
     half = global_topk_mask(deltas, 0.5)
-    scaled = graft(base, tuned, half, scale=2.0)
+    scaled = graft(base, deltas, half, scale=2.0)
     for k in base:
         torch.testing.assert_close(scaled[k][half[k]], (base[k] + 2 * deltas[k])[half[k]])
         assert torch.equal(scaled[k][~half[k]], base[k][~half[k]])
+
+
+def test_share_kept_on_each_measure():
+    base, tuned = Scores(exact=0.2, token=0.5, loss=2.0), Scores(exact=0.8, token=0.9, loss=1.0)
+    graft_ = Scores(exact=0.5, token=0.7, loss=1.25)
+    assert share_kept(graft_, base, tuned, "exact") == pytest.approx(0.5)
+    assert share_kept(graft_, base, tuned, "token") == pytest.approx(0.5)
+    assert share_kept(graft_, base, tuned, "loss") == pytest.approx(0.75)
+    assert share_kept(graft_, base, base, "exact") != share_kept(graft_, base, base, "exact")  # no gain: nan, never a share
+
+
+def test_gaussian_control_has_each_tensors_rms():
+    delta = {"a": torch.full((200, 50), 0.5), "b": torch.full((300, 40), -2.0)}
+    g = gaussian_like(delta, seed=3)
+    assert float(g["a"].square().mean().sqrt()) == pytest.approx(0.5, rel=0.03)
+    assert float(g["b"].square().mean().sqrt()) == pytest.approx(2.0, rel=0.03)
+    assert torch.equal(g["a"], gaussian_like(delta, seed=3)["a"])
 
 
 def test_jaccard_and_concentration():
@@ -80,20 +100,26 @@ def test_profile_shares_sum_to_one():
 def test_weight_delta_study_end_to_end(tmp_path):
     out = tmp_path / "wd"
     main(["run", "weight-delta", "--preset", "quick", "--out", str(out), "--set", "pretrain.steps=30",
-          "--set", "studies.weight-delta.finetune.steps=8", "--set", "studies.weight-delta.min_gain=0.0"])
+          "--set", "studies.weight-delta.finetune.steps=8", "--set", "studies.weight-delta.min_gain=0.0",
+          "--set", 'studies.weight-delta.regimes=["adamw", "sgd-frozen"]'])
     doc = json.loads((out / "results.json").read_text())
     claims = [c for c in doc["claims"] if c["study"] == "weight-delta"]
-    assert [c["id"] for c in claims] == ["C0", "C0", "C0"]
+    assert [c["id"] for c in claims] == ["C0"] * 4
     # The quick base is not competent, so every C0 verdict must be downgraded, never asserted.
-    assert all(c["verdict"] == "inconclusive" and "downgraded" in c["rule"] for c in claims)
+    assert all(c["verdict"] == "inconclusive" and "downgraded" in c["reason"] for c in claims)
+    assert [p["id"] for p in doc["preconditions"]] == ["base-competent", "base-ood-gap"]
     wd = doc["studies"]["weight-delta"]
     metrics = wd["metrics"]
     assert set(metrics["top_energy"]) == {"fraction", "task", "shuffled", "null"}
     assert metrics["target_level"] == 3 and metrics["finetune_levels"] == [1, 2, 3]
-    assert len(metrics["runs"]) == 4  # 2 tasks x 2 seeds
-    valid = [r for r in metrics["runs"] if r["gain"] > 0]
-    if valid:  # grafting everything back reproduces the fine-tune exactly: recovered share 1
-        assert metrics["grafting"]["top-k"]["1.0"] == 1.0 and metrics["grafting"]["random"]["1.0"] == 1.0
+    assert len(metrics["runs"]) == 8  # 2 regimes x 2 tasks x 2 seeds
+    full = [r for r in metrics["grafting"] if r["k"] == 1.0 and r["selector"] in ("magnitude", "random")]
+    for row in full:  # grafting everything back reproduces the fine-tune: share kept 1 on every measure that gained
+        for m in ("exact", "token", "loss"):
+            if row[m]["n_tasks"]:
+                assert row[m]["mean"] == pytest.approx(1.0, abs=1e-4)
     names = {f["name"] for f in wd["figures"]}
-    assert names == {"concentration", "grafting", "support", "imposed", "profile-kind", "profile-layer"}
+    assert names == {"concentration", "grafting-exact", "grafting-token", "grafting-loss", "learned-vs-controls", "support",
+                     "imposed", "profile-kind", "profile-layer"}
     assert any("downgraded" in n for n in wd["notes"])
+    assert {r[0] for r in wd["tables"][-1]["rows"]} == {"adamw", "sgd-frozen"}

@@ -1,29 +1,33 @@
 """weight-delta: do full fine-tuning updates land in a small subset of weights? (claim C0)
 
-For each task and seed, fine-tune the pretrained base on the task including the first level it
-has never seen (so there is a real skill to gain), then ask of the delta = tuned - base:
+For each fine-tuning regime, task and seed, fine-tune the pretrained base on the task including
+the first level it has never seen (so there is a skill to gain), then ask of delta = tuned - base:
 
-1. concentration: what share of sum(delta^2) sits in the top k% entries, against a dense
-   Gaussian null of the same per-tensor size and against a shuffled-label fine-tune (same steps
-   and prompts, permuted targets) that shows what optimisation noise alone looks like;
-2. grafting: accuracy of base + top-k% of delta (by magnitude), against base + a random k%
-   rescaled by 1/k (DARE) and a random k% unscaled, as a fraction of full fine-tuning's gain --
-   this separates localised (top-k works, random does not) from redundant (random rescaled works
-   too) from dense (neither works at small k);
-3. support stability: Jaccard of top-1% sets across seeds of one task, across tasks, and chance;
-4. imposed vs natural: LT-SFT (keep the top k% entries of the full fine-tune's delta, reset to
-   the base, retrain only those) against a random k% mask and full fine-tuning, at equal steps;
-5. where the change lives: share of delta energy per layer and module kind vs parameter share.
+1. concentration: the share of sum(delta^2) in the top k% entries, against a dense Gaussian null
+   of the same per-tensor size and a shuffled-label fine-tune (same steps and prompts, permuted
+   targets: what optimisation alone does);
+2. grafting over the whole curve (k from 0.1% to 50%): base + the k% of the delta chosen by each
+   selection rule — magnitude, random unscaled, random rescaled by 1/k (DARE), gradient saliency
+   and a learned mask (Panigrahi et al. 2023, the localisation bound) — scored three ways (exact
+   match, per-token accuracy, share of the loss gap) as a share of the full delta's gain. The
+   curve's shape decides between localised (a small top-k keeps the skill and DARE does not),
+   redundant (DARE keeps it too) and dense (neither keeps it at small k);
+3. localisability against fitted controls: the learned (and saliency) mask is also fitted over the
+   shuffled-label delta and a Gaussian delta, same data and budget; the claim is the difference;
+4. support stability: Jaccard of top-1% supports across seeds and tasks, against chance;
+5. imposed vs natural: LT-SFT (retrain only the top k% of the full delta) against a random mask;
+6. where the change lives: delta energy per layer and module kind against the parameter share.
 
-Runs whose full fine-tuning gained less than ``min_gain`` are left out of every verdict (their
-delta carries no skill to localise). Intervals are cluster-bootstrap intervals over tasks: seeds
-of one task differ only in data order, so they are not independent evidence. Comparisons on the
-same runs (top-k vs DARE, LT-SFT vs random, task vs its shuffled control) bootstrap the paired
-differences.
+Intervals are t-intervals on task means (tasks are the independent units; seeds nest inside),
+whose coverage is exact for normal task effects and checked by simulation in the tests; each
+claim also says how many tasks agree (exact sign test), which is honest at any number of tasks.
+Runs whose fine-tune gained less than ``min_gain`` on a measure carry no skill to localise on it
+and are left out of that measure's figures and verdicts (exact match decides the verdicts).
 """
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,34 +38,46 @@ from ..config import Config, field
 from ..deltas import concentration_curve, gaussian_null_curve, global_topk_mask
 from ..deltas.inmemory import random_mask, tensor_profile
 from ..errors import ConfigError
-from ..models import load_weights, weights_of
+from ..models import weights_of
 from ..progress import progress_bar
-from ..tasks import get_task
+from ..registry import Registry
+from ..tasks import Example, get_task
 from ..tasks.mixture import ShuffledTargets, TaskMixture, eval_examples
-from ..tasks.scoring import exact_match
 from ..train import TrainConfig
 from .base import STUDIES, Claim, Study, StudyResult, bars_figure, decide_claim, lines_figure
 from .context import StudyContext
-from .stats import NAN_INTERVAL, bootstrap_mean
-from .verdicts import Above, AllOf, Below, Estimate, FirstOf
+from .grafting import MEASURE_NAMES, MEASURES, Scorer, Scores, deltas_of, gaussian_like, graft, share_kept, update_size
+from .stats import NAN_INTERVAL, hierarchical_interval, per_task_intervals, task_agreement
+from .verdicts import Above, AllOf, AnyOf, Below, Estimate, FirstOf, Rule
 
 StateDict = dict[str, torch.Tensor]
+Mask = dict[str, torch.Tensor]
 
 
 @dataclass
 class WeightDeltaConfig(Config):
     section = "studies.weight-delta."
-    tasks: list[str] = field(["add", "sort", "hop", "copy"], "tasks to fine-tune on, one delta per task and seed")
-    seeds: int = field(3, "fine-tuning seeds per task (data order); intervals resample tasks, seeds within them")
+
+    tasks: list[str] = field(["add", "sort", "hop", "copy"], "tasks to fine-tune on, one delta per task, seed and regime")
+    seeds: int = field(3, "fine-tuning seeds per task (data order); intervals run over tasks, seeds nest inside")
     control_seeds: int = field(1, "seeds per task (<= seeds) for the shuffled-label control and the masked (LT-SFT / random) runs")
     target_level: int = field(0, "level whose accuracy is the skill gained (0: the first OOD level); must not be a trained level")
-    finetune: TrainConfig = field(TrainConfig(steps=200, batch_size=64, lr=1e-3, warmup=20, eval_every=10**9,
-                                              ckpt_every=50), "fine-tuning schedule (all regimes use it)")
-    graft_fractions: list[float] = field([0.001, 0.01, 0.05, 0.1, 0.25, 1.0], "k values of the grafting curves (fractions)")
-    support_fraction: float = field(0.01, "k of the top-k support used for Jaccard and the headline verdicts; must be in graft_fractions")
+    finetune: TrainConfig = field(TrainConfig(steps=200, batch_size=64, lr=1e-3, warmup=20, eval_every=10**9, ckpt_every=50),
+                                  "fine-tuning schedule of the 'adamw' regime (the other regimes derive from it)")
+    regimes: list[str] = field(["adamw"], "fine-tuning regimes (see REGIMES: adamw, small, sgd-frozen); the first decides the verdicts")
+    small_lr_factor: float = field(0.1, "learning-rate factor of the 'small' regime (a small update, a few % of the weight norm)")
+    sgd_lr: float = field(0.05, "learning rate of the 'sgd-frozen' regime (SGD with momentum, embeddings and head frozen)")
+    selectors: list[str] = field(["magnitude", "random", "dare", "saliency", "learned"], "selection rules of the grafting curves")
+    graft_fractions: list[float] = field([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5], "k values of the grafting curves (fractions)")
+    learned_fractions: list[float] = field([0.01], "k values at which masks are learned (costly: an optimisation each)")
+    learned_steps: int = field(60, "optimisation steps of a learned mask")
+    fit_examples: int = field(256, "training-split examples a learned or saliency mask is fitted on (never the evaluation set)")
+    support_fraction: float = field(0.01, "k of the top-k support used for Jaccard and the concentration verdict")
+    small_k: float = field(0.05, "the largest k that still counts as a small subset for the shape of the curve")
     mask_fraction: float = field(0.01, "k of the imposed masks (LT-SFT and random)")
-    recovered: float = field(0.8, "share of the fine-tuning gain that counts as 'recovered'")
-    min_gain: float = field(0.2, "runs whose full fine-tuning gains less accuracy than this are left out of every verdict")
+    recovered: float = field(0.8, "share of the fine-tuning gain that counts as 'kept'")
+    min_gain: float = field(0.2, "runs whose fine-tune gains less than this on a measure (exact match for the verdicts) are left out of it")
+    level: float = field(0.95, "nominal level of the intervals")
 
     def validate(self) -> None:
         if self.seeds < 2:
@@ -69,53 +85,93 @@ class WeightDeltaConfig(Config):
         if not 1 <= self.control_seeds <= self.seeds:
             raise ConfigError(f"{self.key('control_seeds')}={self.control_seeds} must lie between 1 and seeds={self.seeds}.")
         if len(self.tasks) < 2:
-            raise ConfigError(f"{self.key('tasks')}={self.tasks}: need at least 2 tasks (intervals resample tasks).")
-        for name in ("support_fraction", "mask_fraction", "recovered"):
+            raise ConfigError(f"{self.key('tasks')}={self.tasks}: need at least 2 tasks (intervals run over tasks).")
+        for name in ("support_fraction", "mask_fraction", "recovered", "small_k", "small_lr_factor", "sgd_lr"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"{self.key(name)}={getattr(self, name)} must lie in (0, 1].")
         if not 0 <= self.min_gain < 1:
             raise ConfigError(f"{self.key('min_gain')}={self.min_gain} must lie in [0, 1).")
-        if any(not 0 <= f <= 1 for f in self.graft_fractions):
-            raise ConfigError(f"{self.key('graft_fractions')}={self.graft_fractions}: each must lie in [0, 1].")
+        if not 0.5 <= self.level < 1:
+            raise ConfigError(f"{self.key('level')}={self.level} must lie in [0.5, 1).")
+        for name in ("graft_fractions", "learned_fractions"):
+            if any(not 0 < f <= 1 for f in getattr(self, name)):
+                raise ConfigError(f"{self.key(name)}={getattr(self, name)}: each must lie in (0, 1].")
         if self.support_fraction not in self.graft_fractions:
             raise ConfigError(f"{self.key('support_fraction')}={self.support_fraction} must be one of graft_fractions={self.graft_fractions}.")
+        if not set(self.learned_fractions) <= set(self.graft_fractions):
+            raise ConfigError(f"{self.key('learned_fractions')}={self.learned_fractions} must be among graft_fractions={self.graft_fractions}.")
+        if not self.regimes:
+            raise ConfigError(f"{self.key('regimes')} is empty; name at least one of {REGIMES.names()}.")
+        for name in self.regimes:
+            REGIMES.get(name)  # did-you-mean
+        from ..deltas.masks import SELECTORS
+
+        for name in self.selectors:
+            SELECTORS.get(name)
+        if self.learned_steps < 1 or self.fit_examples < 1:
+            raise ConfigError(f"{self.key('learned_steps')} and {self.key('fit_examples')} must be at least 1.")
 
 
-CURVE_GRID = [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+# -- fine-tuning regimes ------------------------------------------------------------------------
+Regime = Callable[[WeightDeltaConfig, StateDict], tuple[TrainConfig, "Mask | None"]]
+REGIMES: Registry[Regime] = Registry("fine-tuning regime")
 
 
-def deltas_of(tuned: StateDict, base: StateDict) -> StateDict:
-    return {k: tuned[k].float() - base[k].float() for k in base}
+@REGIMES.register("adamw")
+def _adamw(cfg: WeightDeltaConfig, base: StateDict) -> tuple[TrainConfig, Mask | None]:
+    """Full fine-tuning with AdamW at the study's schedule."""
+    return cfg.finetune, None
 
 
-def graft(base: StateDict, tuned: StateDict, mask: dict[str, torch.Tensor], scale: float = 1.0) -> StateDict:
-    """base + scale * mask * (tuned - base). With scale 1 the masked entries are copied from
-    ``tuned`` (not recomputed), so a full mask reproduces the tuned model bit for bit."""
-    if scale == 1.0:
-        return {k: torch.where(mask[k], tuned[k], base[k]) for k in base}
-    return {k: torch.where(mask[k], base[k] + scale * (tuned[k] - base[k]), base[k]) for k in base}
+@REGIMES.register("small")
+def _small(cfg: WeightDeltaConfig, base: StateDict) -> tuple[TrainConfig, Mask | None]:
+    """The same steps at a lower learning rate: a small update, closer to the LLM fine-tunes DARE reports."""
+    return TrainConfig.from_dict({**cfg.finetune.to_dict(), "lr": cfg.finetune.lr * cfg.small_lr_factor}), None
 
 
-def jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+@REGIMES.register("sgd-frozen")
+def _sgd_frozen(cfg: WeightDeltaConfig, base: StateDict) -> tuple[TrainConfig, Mask | None]:
+    """SGD with momentum, token embeddings and the output head frozen: the grafting paper's setting."""
+    frozen = ("emb", "embed", "unembed", "lm_head", "wte", "wpe")
+    mask = {n: torch.full(t.shape, not any(f in n for f in frozen), dtype=torch.bool) for n, t in base.items()}
+    return TrainConfig.from_dict({**cfg.finetune.to_dict(), "optimizer": "sgd", "lr": cfg.sgd_lr}), mask
+
+
+# -- the rules that decide C0 ---------------------------------------------------------------------
+CONCENTRATION_RULE = AllOf(Above("vs_null", 0.0, "task minus Gaussian null (paired)"),
+                           Above("vs_shuffled", 0.0, "task minus shuffled-label control (paired)"))
+
+
+def _pct(k: float) -> str:
+    return f"{100 * k:g}%"
+
+
+def shape_rule(recovered: float, small: list[float]) -> FirstOf:
+    """Localised, redundant or dense over the small-k part of the grafting curve (exact match)."""
+    localised = AnyOf(*(AllOf(Above(f"magnitude@{k}", recovered, f"magnitude top-{_pct(k)} share kept"),
+                              Above(f"magnitude-dare@{k}", 0.0, f"magnitude minus DARE at {_pct(k)}")) for k in small))
+    redundant = AnyOf(*(Above(f"dare@{k}", recovered, f"DARE {_pct(k)} share kept") for k in small))
+    dense = AllOf(*(AllOf(Below(f"magnitude@{k}", recovered, f"magnitude {_pct(k)}"), Below(f"dare@{k}", recovered, f"DARE {_pct(k)}"))
+                    for k in small))
+    return FirstOf(("localised", "supported", localised), ("redundant: random rescaled keeps it too", "not supported", redundant),
+                   ("dense: neither keeps it at small k", "not supported", dense))
+
+
+LEARNED_RULE = AllOf(Above("learned_vs_shuffled", 0.0, "learned-mask share kept minus the same fit over the shuffled-label delta"),
+                     Above("learned_vs_gaussian", 0.0, "learned-mask share kept minus the same fit over a Gaussian delta"))
+
+
+def imposed_rule(recovered: float) -> AllOf:
+    return AllOf(Above("lt_sft", recovered, "LT-SFT share kept"), Above("lt_vs_random", 0.0, "LT-SFT minus random mask (paired)"))
+
+
+def jaccard(a: Mask, b: Mask) -> float:
     inter = sum(int((a[k] & b[k]).sum()) for k in a)
     union = sum(int((a[k] | b[k]).sum()) for k in a)
     return inter / union if union else float("nan")
 
 
-DARE = "DARE (random, x1/k)"
-GRAFT_METHODS = ("top-k", DARE, "random")
-
-
-def gain(run: dict[str, Any]) -> float:
-    return float(run["ft_acc"].mean() - run["base_acc"].mean())
-
-
-def recovered_share(acc: float, run: dict[str, Any]) -> float:
-    """How much of the full fine-tune's accuracy gain a variant keeps (1 = all of it)."""
-    return (acc - float(run["base_acc"].mean())) / gain(run)
-
-
-def jaccard_chance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], da: StateDict, db: StateDict) -> float:
+def jaccard_chance(a: Mask, b: Mask, da: StateDict, db: StateDict) -> float:
     """Expected Jaccard of two uniform random supports of the same sizes drawn among the entries
     that moved in either run (entries no fine-tune touches, e.g. embeddings of unused tokens,
     can never be in a support, so they must not dilute the chance level)."""
@@ -127,49 +183,63 @@ def jaccard_chance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], da: S
     return k / (2 - k)
 
 
-def _claim_inconclusive(statement: str, measure: str, why: str) -> Claim:
-    return Claim(id="C0", statement=statement, verdict="inconclusive", measure=measure, value=float("nan"),
-                 interval=NAN_INTERVAL, level=0.95, control=why, rule=why, reason=why)
+@dataclass
+class Run:
+    """One fine-tune (regime, task, seed) and what was measured on it."""
+
+    regime: str
+    task: str
+    seed: int
+    delta: StateDict
+    base: Scores
+    tuned: Scores
+    kept: dict[str, dict[float, dict[str, float]]]  # selector -> k -> measure -> share kept
+    size: dict[str, float]
+
+    @property
+    def gain(self) -> float:
+        """The exact-match gain: what the verdicts call the skill."""
+        return self.tuned.exact - self.base.exact
+
+    def learned_on(self, measure: str, min_gain: float) -> bool:
+        """Whether the fine-tune gained enough on ``measure`` for shares of it to mean anything
+        (the loss gap counts relative to the base's loss)."""
+        if measure == "loss":
+            return self.base.loss > 0 and (self.base.loss - self.tuned.loss) / self.base.loss >= max(min_gain, 1e-9)
+        return self.tuned.get(measure) - self.base.get(measure) >= max(min_gain, 1e-9)
 
 
-def _estimate(values, seed: int, clusters) -> Estimate:
-    return Estimate(float(np.mean(values)), bootstrap_mean(values, seed=seed, clusters=clusters))
+def _estimate(values: list[float], tasks: list[str], seeds: list[int], level: float) -> Estimate:
+    iv = hierarchical_interval(values, tasks, seeds, level=level, method="t")
+    return Estimate(iv.estimate, (iv.lo, iv.hi), iv.achieved)
 
 
-# The rules that decide C0, one per measurement; their describe() is the report's rule text.
-CONCENTRATION_RULE = AllOf(Above("vs_null", 0.0, "task minus Gaussian null (paired)"),
-                           Above("vs_shuffled", 0.0, "task minus shuffled-label control (paired)"))
-
-
-def grafting_rule(recovered: float) -> FirstOf:
-    """Localised, redundant or dense, in that order; the first shape whose rule holds decides."""
-    return FirstOf(
-        ("localised", "supported", AllOf(Above("topk", recovered, "top-k gain kept"), Above("topk_vs_dare", 0.0, "top-k minus DARE (paired)"))),
-        ("redundant: random rescaled works as well", "not supported", Above("dare", recovered, "DARE gain kept")),
-        ("dense: neither top-k nor random keeps the skill", "not supported",
-         AllOf(Below("topk", recovered, "top-k gain kept"), Below("dare", recovered, "DARE gain kept"))))
-
-
-def imposed_rule(recovered: float) -> AllOf:
-    return AllOf(Above("lt_sft", recovered, "LT-SFT gain kept"), Above("lt_vs_random", 0.0, "LT-SFT minus random mask (paired)"))
+def _agreement(values: list[float], tasks: list[str], seeds: list[int], threshold: float, level: float) -> str:
+    per_task = per_task_intervals(values, tasks, seeds, level=level)
+    return task_agreement(per_task, threshold).summary()
 
 
 @STUDIES.register("weight-delta")
 class WeightDeltaStudy(Study):
     name = "weight-delta"
-    summary = "full fine-tuning deltas: concentration vs null and shuffled control, grafting, support overlap, LT-SFT"
+    summary = "fine-tuning deltas: concentration, grafting curves by five selection rules x three skill measures, learned masks vs controls"
     claims = ("C0",)
     requires = ("base-competent",)
     Config = WeightDeltaConfig
 
     @classmethod
-    def rules(cls, cfg: WeightDeltaConfig):
-        k = f"{cfg.support_fraction:.0%}"
-        return [("C0", f"concentration: share of delta energy in the top {k} vs a Gaussian null and a shuffled-label fine-tune",
-                 CONCENTRATION_RULE),
-                ("C0", f"grafting: share of the fine-tuning gain kept by base + top-{k} of the delta vs a random {k} (DARE)",
-                 grafting_rule(cfg.recovered)),
-                ("C0", f"imposed sparsity: LT-SFT on the top {cfg.mask_fraction:.0%} vs a random mask", imposed_rule(cfg.recovered))]
+    def rules(cls, cfg: WeightDeltaConfig) -> list[tuple[str, str, Rule]]:
+        small = [k for k in cfg.graft_fractions if k <= cfg.small_k]
+        k = _pct(cfg.support_fraction)
+        out: list[tuple[str, str, Rule]] = [
+            ("C0", f"concentration: share of delta energy in the top {k} vs a Gaussian null and a shuffled-label fine-tune", CONCENTRATION_RULE),
+            ("C0", f"shape of the grafting curve (exact match) at k <= {_pct(cfg.small_k)}: localised, redundant or dense",
+             shape_rule(cfg.recovered, small))]
+        if "learned" in cfg.selectors:
+            out.append(("C0", f"localisable: a learned {_pct(cfg.learned_fractions[0])} mask keeps more of the real delta's skill "
+                              "than the same fit over control deltas", LEARNED_RULE))
+        out.append(("C0", f"imposed sparsity: LT-SFT on the top {_pct(cfg.mask_fraction)} vs a random mask", imposed_rule(cfg.recovered)))
+        return out
 
     def check(self, cfg: WeightDeltaConfig, run_cfg) -> None:
         level = self.target_level(cfg, run_cfg)
@@ -179,7 +249,7 @@ class WeightDeltaStudy(Study):
         for name in cfg.tasks:
             task = get_task(name)
             if level not in task.levels:
-                raise ConfigError(f"studies.weight-delta.tasks: task {name!r} has no level {level}; its levels are {list(task.levels)}.")
+                raise ConfigError(f"{cfg.key('tasks')}: task {name!r} has no level {level}; its levels are {list(task.levels)}.")
 
     @staticmethod
     def target_level(cfg: WeightDeltaConfig, run_cfg) -> int:
@@ -187,235 +257,384 @@ class WeightDeltaStudy(Study):
             return cfg.target_level
         return run_cfg.data.ood_levels[0] if run_cfg.data.ood_levels else max(run_cfg.data.train_levels) + 1
 
+    # -- measuring ---------------------------------------------------------------------------------
     def run(self, ctx: StudyContext, cfg: WeightDeltaConfig) -> StudyResult:
         base_model = ctx.base_model().model
-        # Every state dict in this study lives on the CPU; only the evaluation model is on ctx.device.
-        base = weights_of(base_model)
+        base = weights_of(base_model)  # every state dict here lives on the CPU
         level = self.target_level(cfg, ctx.cfg)
         levels = sorted(set(ctx.cfg.data.train_levels) | {level})
         tasks = [get_task(t) for t in cfg.tasks]
-        scorer = ctx.new_model()
+        scorer = Scorer(ctx.new_model())
+        fit_model = ctx.new_model()  # learned and saliency masks run the model functionally, weights untouched
 
-        def accuracy(state: StateDict, task) -> np.ndarray:
-            load_weights(scorer, state)
-            return exact_match(scorer, eval_examples(task, level, ctx.cfg.eval.examples, ctx.cfg.eval.seed)).numpy()
+        def fit_data(task, seed: int) -> list[Example]:
+            # the training split (a mixture stream of its own seed), never the evaluation set
+            mix = TaskMixture([task], levels, seed=3000 + seed)
+            return [e for step in range(-(-cfg.fit_examples // 64)) for e in mix.batch(step, 64)][: cfg.fit_examples]
 
-        def ft(task, seed, regime, mixture=None, mask=None):
+        def ft(task, seed: int, regime: str, mixture=None, mask=None, train_cfg=None) -> StateDict:
+            # the imposed-sparsity runs (LT-SFT, random mask) bring their own schedule and mask
+            train_cfg_, regime_mask = REGIMES.get(regime)(cfg, base) if train_cfg is None else (train_cfg, None)
+            mask = mask if mask is not None else regime_mask
             mixture = mixture or TaskMixture([task], levels, seed=1000 + seed)
-            return ctx.finetune(f"{regime} {task.name} s{seed}", {"task": task.name, "seed": seed, "regime": regime,
-                                                                 "levels": levels}, base, mixture, cfg.finetune, mask=mask)
+            return ctx.finetune(f"{regime} {task.name} s{seed}", {"task": task.name, "seed": seed, "regime": regime, "levels": levels},
+                                base, mixture, train_cfg or train_cfg_, mask=mask)
 
-        runs: list[dict[str, Any]] = []  # one per (task, seed) full fine-tune
-        controls: list[dict[str, Any]] = []  # one per (task, control seed)
-        shapes = {k: v.shape for k, v in base.items()}
-        with progress_bar("weight-delta fine-tunes", total=len(tasks) * (cfg.seeds + 3 * cfg.control_seeds)) as advance:
-            for task in tasks:
-                base_acc = accuracy(base, task)
-                for seed in range(cfg.seeds):
-                    tuned = ft(task, seed, "full")
-                    runs.append({"task": task.name, "seed": seed, "tuned": tuned, "delta": deltas_of(tuned, base),
-                                 "base_acc": base_acc, "ft_acc": accuracy(tuned, task)})
-                    advance()
-                for seed in range(cfg.control_seeds):
-                    full = runs[-cfg.seeds + seed]
-                    shuffled = ft(task, seed, "shuffled", mixture=ShuffledTargets(TaskMixture([task], levels, seed=1000 + seed)))
-                    advance()
-                    # LT-SFT (Ansell et al.): the top-k entries of the full fine-tune's delta, retrained from the base.
-                    lt = ft(task, seed, "lt-sft", mask=global_topk_mask(full["delta"], float(cfg.mask_fraction)))
-                    advance()
-                    rnd = ft(task, seed, "random-mask", mask=random_mask(shapes, cfg.mask_fraction, seed=5000 + seed))
-                    advance()
-                    controls.append({"task": task.name, "seed": seed, "full": full, "shuffled_delta": deltas_of(shuffled, base),
-                                     "lt_acc": accuracy(lt, task), "rnd_acc": accuracy(rnd, task)})
-            graft_rows = self._grafting(cfg, base, runs, tasks, accuracy)
+        def kept_curves(delta: StateDict, run_delta: StateDict, task, seed, evals, b: Scores, t: Scores,
+                        selectors: list[str], fractions: dict[str, list[float]], salt: int) -> dict[str, dict[float, dict[str, float]]]:
+            """Share kept by grafting ``delta`` (the run's own, or a control's) chosen by each selector."""
+            out: dict[str, dict[float, dict[str, float]]] = {}
+            data = fit_data(task, seed)
+            for name in selectors:
+                out[name] = {}
+                for k in fractions[name]:
+                    mask, scale = choose(name, base, delta, k, model=fit_model, data=data, seed=salt + seed, steps=cfg.learned_steps)
+                    scores = scorer(graft(base, delta, mask, scale), evals)
+                    out[name][k] = {m: share_kept(scores, b, t, m) for m in MEASURES}
+            return out
 
-        valid = [r for r in runs if gain(r) >= max(cfg.min_gain, 1e-6)]
-        result = StudyResult(metrics={"target_level": level, "finetune_levels": levels,
-                                      "runs": [{"task": r["task"], "seed": r["seed"], "base_acc": float(r["base_acc"].mean()),
-                                                "ft_acc": float(r["ft_acc"].mean()), "gain": gain(r)} for r in runs],
-                                      "valid_runs": len(valid)})
-        self._concentration(cfg, runs, valid, controls, result)
-        self._grafting_report(cfg, valid, graft_rows, result)
-        self._support(cfg, runs, result)
-        self._imposed(cfg, controls, result)
-        self._profile(runs, result)
+        all_k = {name: (cfg.learned_fractions if name == "learned" else cfg.graft_fractions) for name in cfg.selectors}
+        fitted = [s for s in cfg.selectors if s in ("learned", "saliency", "magnitude")]
+        n_jobs = len(cfg.regimes) * len(tasks) * (cfg.seeds + cfg.control_seeds) + len(tasks) * 2 * cfg.control_seeds
+        runs: list[Run] = []
+        controls: list[dict[str, Any]] = []
+        imposed: list[dict[str, Any]] = []
+        with progress_bar("weight-delta fine-tunes and grafts", total=n_jobs) as advance:
+            for regime in cfg.regimes:
+                for task in tasks:
+                    evals = eval_examples(task, level, ctx.cfg.eval.examples, ctx.cfg.eval.seed)
+                    b = scorer(base, evals)
+                    for seed in range(cfg.seeds):
+                        tuned = ft(task, seed, regime)
+                        delta = deltas_of(tuned, base)
+                        t = scorer(tuned, evals)
+                        runs.append(Run(regime, task.name, seed, delta, b, t,
+                                        kept_curves(delta, delta, task, seed, evals, b, t, cfg.selectors, all_k, 7000),
+                                        update_size(delta, base)))
+                        advance()
+                    for seed in range(cfg.control_seeds):
+                        run = next(r for r in runs if (r.regime, r.task, r.seed) == (regime, task.name, seed))
+                        shuffled = deltas_of(ft(task, seed, regime, mixture=ShuffledTargets(TaskMixture([task], levels, seed=1000 + seed))), base)
+                        gauss = gaussian_like(run.delta, seed=9000 + seed)
+                        k_fit = {name: all_k[name] for name in fitted}
+                        controls.append({"regime": regime, "task": task.name, "seed": seed, "run": run, "shuffled_delta": shuffled,
+                                         "shuffled": kept_curves(shuffled, run.delta, task, seed, evals, b, run.tuned, fitted, k_fit, 7000),
+                                         "gaussian": kept_curves(gauss, run.delta, task, seed, evals, b, run.tuned, fitted, k_fit, 7000)})
+                        advance()
+                    if regime != cfg.regimes[0]:
+                        continue
+                    for seed in range(cfg.control_seeds):
+                        run = next(r for r in runs if (r.regime, r.task, r.seed) == (regime, task.name, seed))
+                        # LT-SFT (Ansell et al.): the top-k entries of the full fine-tune's delta, retrained from the base.
+                        lt = ft(task, seed, "lt-sft", mask=global_topk_mask(run.delta, float(cfg.mask_fraction)), train_cfg=cfg.finetune)
+                        advance()
+                        shapes = {k: v.shape for k, v in base.items()}
+                        rnd = ft(task, seed, "random-mask", mask=random_mask(shapes, cfg.mask_fraction, seed=5000 + seed), train_cfg=cfg.finetune)
+                        advance()
+                        imposed.append({"task": task.name, "seed": seed, "run": run,
+                                        "lt": scorer(lt, evals), "random": scorer(rnd, evals)})
+
+        primary = [r for r in runs if r.regime == cfg.regimes[0]]
+        valid = [r for r in primary if r.learned_on("exact", cfg.min_gain)]
+        result = StudyResult(metrics={
+            "target_level": level, "finetune_levels": levels, "regimes": cfg.regimes,
+            "runs": [{"regime": r.regime, "task": r.task, "seed": r.seed, "base": r.base.__dict__, "tuned": r.tuned.__dict__,
+                      "learned_on": [m for m in MEASURES if r.learned_on(m, cfg.min_gain)], "update": r.size} for r in runs],
+            "valid_runs": len(valid)})
+        self._concentration(cfg, primary, valid, [c for c in controls if c["regime"] == cfg.regimes[0]], result)
+        self._grafting(cfg, runs, result)
+        self._shape(cfg, valid, primary, result)
+        self._learned(cfg, valid, [c for c in controls if c["regime"] == cfg.regimes[0]], result)
+        self._support(cfg, primary, result)
+        self._imposed(cfg, imposed, result)
+        self._profile(primary, result)
+        self._regimes(cfg, runs, controls, result)
         result.notes.insert(0, (
-            f"{len(tasks)} tasks x {cfg.seeds} seeds of full fine-tuning ({cfg.finetune.steps} steps of {cfg.finetune.batch_size}) "
-            f"on levels {levels}; the skill gained is accuracy at level {level}, which the base never trained on. "
-            f"{len(valid)} of {len(runs)} runs gained at least {cfg.min_gain} and enter the verdicts. "
-            "Intervals: 95% cluster bootstrap over tasks."))
+            f"{len(tasks)} tasks x {cfg.seeds} seeds x {len(cfg.regimes)} regime(s) ({', '.join(cfg.regimes)}; the first decides the "
+            f"verdicts) of fine-tuning for {cfg.finetune.steps} steps of {cfg.finetune.batch_size} on levels {levels}; the skill gained "
+            f"is measured at level {level}, which the base never trained on. {len(valid)} of {len(primary)} runs of the first regime "
+            f"gained at least {cfg.min_gain} exact match and enter the verdicts. Intervals: t-intervals on task means "
+            f"(nominal {cfg.level:.0%}; the achieved level is shown beside each), with seeds nested in tasks."))
         return result
 
-    # -- 2. grafting -----------------------------------------------------------------------------
-    def _grafting(self, cfg, base, runs, tasks, accuracy) -> list[dict[str, Any]]:
-        by_name = {t.name: t for t in tasks}
-        shapes = {k: v.shape for k, v in base.items()}
-        rows = []
-        for i, run in enumerate(runs):
-            task = by_name[run["task"]]
-            for frac in cfg.graft_fractions:
-                top = global_topk_mask(run["delta"], float(frac))
-                rnd = random_mask(shapes, frac, seed=7000 + i)
-                rows.append({"run": id(run), "fraction": frac,
-                             "top-k": accuracy(graft(base, run["tuned"], top), task).mean(),
-                             "random": accuracy(graft(base, run["tuned"], rnd), task).mean(),
-                             DARE: accuracy(graft(base, run["tuned"], rnd, scale=1 / frac if frac > 0 else 1.0), task).mean()})
-        return rows
-
-    def _grafting_report(self, cfg, valid, rows, result: StudyResult) -> None:
-        by_id = {id(r): r for r in valid}
-        # method -> fraction -> [(task, recovered share)]
-        curves: dict[str, dict[float, list[tuple[str, float]]]] = {m: {} for m in GRAFT_METHODS}
-        for row in rows:
-            run = by_id.get(row["run"])
-            if run is not None:
-                for m in GRAFT_METHODS:
-                    curves[m].setdefault(row["fraction"], []).append((run["task"], recovered_share(row[m], run)))
-        result.metrics["grafting"] = {m: {str(f): float(np.mean([v for _, v in c])) for f, c in fc.items()} for m, fc in curves.items()}
-        fracs = [f for f in cfg.graft_fractions if f > 0]
+    # -- 1. concentration ----------------------------------------------------------------------------
+    def _concentration(self, cfg, runs: list[Run], valid: list[Run], controls, result: StudyResult) -> None:
+        grid = sorted(set(cfg.graft_fractions) | {0.0001, 0.0002, 0.0005, 0.002, 0.02, 0.2})
+        curve = {id(r): concentration_curve(r.delta, grid)["energy"] for r in runs}
+        ctrl = {(c["task"], c["seed"]): concentration_curve(c["shuffled_delta"], grid)["energy"] for c in controls}
+        null = {id(r): gaussian_null_curve([v.numel() for v in r.delta.values()], [float(v.pow(2).mean()) for v in r.delta.values()],
+                                           grid)["energy"] for r in runs}
         series = []
-        for m in GRAFT_METHODS:
-            pts = [curves[m].get(f, []) for f in fracs]
-            ci = [bootstrap_mean([v for _, v in p], seed=1, clusters=[t for t, _ in p]) for p in pts]
-            series.append({"label": m, "x": [100 * f for f in fracs], "y": [float(np.mean([v for _, v in p])) if p else float("nan") for p in pts],
-                           "lo": [c[0] for c in ci], "hi": [c[1] for c in ci]})
+        for label, rows, style in (("task fine-tune", [(r.task, r.seed, curve[id(r)]) for r in runs], "-"),
+                                   ("shuffled-label control", [(t, s, c) for (t, s), c in ctrl.items()], "--"),
+                                   ("dense Gaussian null", [(r.task, r.seed, null[id(r)]) for r in runs], ":")):
+            arr = np.asarray([c for _, _, c in rows])
+            ivs = [hierarchical_interval(arr[:, j], [t for t, _, _ in rows], [s for _, s, _ in rows], level=cfg.level) for j in range(len(grid))]
+            series.append({"label": label, "x": [100 * g for g in grid], "y": [iv.estimate for iv in ivs],
+                           "lo": [iv.lo for iv in ivs], "hi": [iv.hi for iv in ivs], "style": style})
         result.figures.append(lines_figure(
-            "grafting", "Grafting: share of the fine-tuning gain kept", "k (% of all weights kept from the delta)",
-            "recovered gain (1 = full fine-tune)", series, logx=True,
-            caption=f"base + k% of delta; bands: 95% cluster bootstrap over tasks ({len(valid)} runs with gain >= {cfg.min_gain})."))
-
-        k = cfg.support_fraction
-        statement = f"the top-{k:.0%} of a full fine-tuning delta by magnitude carries the skill (magnitude-localised, not redundant or dense)"
-        measure = f"gain recovered by base + top-{k:.0%} graft"
-        top, dare = curves["top-k"].get(k, []), curves[DARE].get(k, [])
-        if len({t for t, _ in top}) < 2:
-            result.claims.append(_claim_inconclusive(statement, measure, f"needs runs of >= 2 tasks whose fine-tuning gained >= {cfg.min_gain}"))
-            return
-        tasks = [t for t, _ in top]
-        estimates = {"topk": _estimate([v for _, v in top], 2, tasks),
-                     "topk_vs_dare": _estimate([a - b for (_, a), (_, b) in zip(top, dare)], 3, tasks),  # paired by run
-                     "dare": _estimate([v for _, v in dare], 4, tasks)}
-        rule = grafting_rule(cfg.recovered)
-        shape = rule.label(estimates) or "intervals straddle the threshold"
-        e_dare, e_diff = estimates["dare"], estimates["topk_vs_dare"]
-        rnd = curves["random"].get(k, [])
-        result.metrics["grafting_shape"] = shape
-        result.claims.append(decide_claim(
-            "C0", statement, rule, estimates, "topk", measure=f"{measure} ({shape})",
-            control=f"random {k:.0%} rescaled (DARE) {e_dare.value:.2f} [{e_dare.interval[0]:.2f}, {e_dare.interval[1]:.2f}], "
-                    f"unscaled {np.mean([v for _, v in rnd]):.2f}; top-k minus DARE (paired) [{e_diff.interval[0]:.2f}, {e_diff.interval[1]:.2f}]"))
-
-    # -- 1. concentration ---------------------------------------------------------------------------
-    def _concentration(self, cfg, runs, valid, controls, result: StudyResult) -> None:
-        curve = {id(r): concentration_curve(r["delta"], CURVE_GRID)["energy"] for r in runs}
-        ctrl_curves = [concentration_curve(c["shuffled_delta"], CURVE_GRID)["energy"] for c in controls]
-        null = {id(r): gaussian_null_curve([v.numel() for v in r["delta"].values()],
-                                           [float(v.pow(2).mean()) for v in r["delta"].values()], CURVE_GRID)["energy"] for r in runs}
-        x = [100 * f for f in CURVE_GRID]
-        series = []
-        for label, curves, clusters, style in (
-                ("task fine-tune", [curve[id(r)] for r in runs], [r["task"] for r in runs], "-"),
-                ("shuffled-label control", ctrl_curves, [c["task"] for c in controls], "--"),
-                ("dense Gaussian null", [null[id(r)] for r in runs], [r["task"] for r in runs], ":")):
-            arr = np.asarray(curves)
-            ci = [bootstrap_mean(arr[:, j], seed=j, clusters=clusters) for j in range(arr.shape[1])]
-            series.append({"label": label, "x": x, "y": arr.mean(0).tolist(), "lo": [c[0] for c in ci], "hi": [c[1] for c in ci], "style": style})
-        result.figures.append(lines_figure(
-            "concentration", "Concentration of the fine-tuning delta", "top k% of entries by |delta|",
-            "share of sum(delta^2)", series, logx=True, ylim=(0, 1.02),
-            caption="Mean over all runs, 95% cluster-bootstrap bands. Null: iid Gaussian with each tensor's own delta variance."))
-
-        k = cfg.support_fraction
-        j = int(np.argmin([abs(g - k) for g in CURVE_GRID]))
-        statement = (f"fine-tuning concentrates its update: the top {CURVE_GRID[j]:.0%} of entries hold more of the delta's energy "
-                     "than a dense Gaussian null and than a no-signal (shuffled-label) fine-tune")
-        measure = f"share of sum(delta^2) in the top {CURVE_GRID[j]:.0%}"
-        # Pair each task's valid runs with that task's shuffled control(s).
-        ctrl_by_task: dict[str, list[float]] = {}
-        for c, cc in zip(controls, ctrl_curves):
-            ctrl_by_task.setdefault(c["task"], []).append(cc[j])
-        paired = [(r["task"], curve[id(r)][j], float(np.mean(ctrl_by_task[r["task"]])), null[id(r)][j]) for r in valid]
-        result.metrics["top_energy"] = {"fraction": CURVE_GRID[j], "task": float(np.mean([curve[id(r)][j] for r in runs])),
-                                        "shuffled": float(np.mean([c[j] for c in ctrl_curves])),
+            "concentration", "Concentration of the fine-tuning delta", "top k% of entries by |delta|", "share of sum(delta^2)", series,
+            logx=True, ylim=(0, 1.02), caption=f"Mean of task means; bands: {cfg.level:.0%} t-intervals over tasks. Null: iid Gaussian "
+                                               "with each tensor's own delta variance."))
+        j = grid.index(cfg.support_fraction)
+        statement = (f"fine-tuning concentrates its update: the top {_pct(cfg.support_fraction)} of entries hold more of the delta's "
+                     "energy than a dense Gaussian null and than a no-signal (shuffled-label) fine-tune")
+        measure = f"share of sum(delta^2) in the top {_pct(cfg.support_fraction)}"
+        paired = [(r.task, r.seed, curve[id(r)][j], ctrl[(r.task, 0)][j], null[id(r)][j]) for r in valid if (r.task, 0) in ctrl]
+        result.metrics["top_energy"] = {"fraction": cfg.support_fraction, "task": float(np.mean([curve[id(r)][j] for r in runs])),
+                                        "shuffled": float(np.mean([c[j] for c in ctrl.values()])),
                                         "null": float(np.mean([null[id(r)][j] for r in runs]))}
         if len({p[0] for p in paired}) < 2:
-            result.claims.append(_claim_inconclusive(statement, measure, f"needs runs of >= 2 tasks whose fine-tuning gained >= {cfg.min_gain}"))
+            result.claims.append(_inconclusive(statement, measure, f"needs runs of >= 2 tasks that gained >= {cfg.min_gain}", cfg.level))
             return
-        tasks = [p[0] for p in paired]
-        estimates = {"task": _estimate([p[1] for p in paired], 5, tasks),
-                     "vs_shuffled": _estimate([p[1] - p[2] for p in paired], 6, tasks),
-                     "vs_null": _estimate([p[1] - p[3] for p in paired], 7, tasks)}
+        tasks, seeds = [p[0] for p in paired], [p[1] for p in paired]
+        diff = [p[2] - p[3] for p in paired]
+        estimates = {"task": _estimate([p[2] for p in paired], tasks, seeds, cfg.level),
+                     "vs_shuffled": _estimate(diff, tasks, seeds, cfg.level),
+                     "vs_null": _estimate([p[2] - p[4] for p in paired], tasks, seeds, cfg.level)}
         n_lo, n_hi = estimates["vs_null"].interval
         d_lo, d_hi = estimates["vs_shuffled"].interval
         result.claims.append(decide_claim(
             "C0", statement, CONCENTRATION_RULE, estimates, "task", measure=measure,
-            control=f"Gaussian null {np.mean([p[3] for p in paired]):.3f} (task minus null [{n_lo:.3f}, {n_hi:.3f}]); "
-                    f"shuffled-label fine-tune {np.mean([p[2] for p in paired]):.3f} (task minus control [{d_lo:.3f}, {d_hi:.3f}])"))
+            control=f"Gaussian null {np.mean([p[4] for p in paired]):.3f} (task minus null [{n_lo:.3f}, {n_hi:.3f}]); shuffled-label "
+                    f"fine-tune {np.mean([p[3] for p in paired]):.3f} (task minus control [{d_lo:.3f}, {d_hi:.3f}]); per task: "
+                    f"{_agreement(diff, tasks, seeds, 0.0, cfg.level)}"))
 
-    # -- 3. support stability ---------------------------------------------------------------------
-    def _support(self, cfg, runs, result: StudyResult) -> None:
+    # -- 2. grafting curves: every selector x regime x k x measure -------------------------------------
+    def _grafting(self, cfg, runs: list[Run], result: StudyResult) -> None:
+        rows, table = [], []
+        for regime in cfg.regimes:
+            rr = [r for r in runs if r.regime == regime]
+            for name in cfg.selectors:
+                ks = sorted({k for r in rr for k in r.kept.get(name, {})})
+                for k in ks:
+                    cells = {}
+                    for m in MEASURES:
+                        vals = [(r.task, r.seed, r.kept[name][k][m]) for r in rr if r.learned_on(m, cfg.min_gain)]
+                        iv = hierarchical_interval([v for _, _, v in vals], [t for t, _, _ in vals], [s for _, s, _ in vals], level=cfg.level)
+                        cells[m] = {"mean": iv.estimate, "lo": iv.lo, "hi": iv.hi, "n_tasks": iv.n_units}
+                    rows.append({"regime": regime, "selector": name, "k": k, **cells})
+                    table.append([regime, name, _pct(k)] + [_cell(cells[m]) for m in MEASURES])
+        result.metrics["grafting"] = rows
+        result.tables.append({"title": f"Grafting: share of the fine-tune's gain kept (mean of task means [{cfg.level:.0%} t-interval])",
+                              "columns": ["regime", "selector", "k"] + [MEASURE_NAMES[m] for m in MEASURES], "rows": table})
+        primary = [r for r in rows if r["regime"] == cfg.regimes[0]]
+        for m in MEASURES:
+            series = []
+            for name in cfg.selectors:
+                pts = sorted((r for r in primary if r["selector"] == name), key=lambda r: r["k"])
+                if pts:
+                    series.append({"label": name, "x": [100 * p["k"] for p in pts], "y": [p[m]["mean"] for p in pts],
+                                   "lo": [p[m]["lo"] for p in pts], "hi": [p[m]["hi"] for p in pts],
+                                   **({"style": "o"} if len(pts) == 1 else {})})
+            result.figures.append(lines_figure(
+                f"grafting-{m}", f"Grafting ({cfg.regimes[0]}): {MEASURE_NAMES[m]} kept", "k (% of all weights taken from the delta)",
+                "share of the fine-tune's gain kept", series, logx=True,
+                caption=f"base + k% of the delta chosen by each rule; 1 = the full fine-tune. Bands: {cfg.level:.0%} t-intervals over tasks."))
+
+    def _shape(self, cfg, valid: list[Run], primary_runs: list[Run], result: StudyResult) -> None:
+        small = [k for k in cfg.graft_fractions if k <= cfg.small_k]
+        statement = (f"the skill of a fine-tune is magnitude-localised: a top-k% of the delta with k <= {_pct(cfg.small_k)} keeps it "
+                     "and a random k% rescaled (DARE) does not")
+        measure = "share of the exact-match gain kept by the magnitude graft"
+        if len({r.task for r in valid}) < 2 or not small or "magnitude" not in cfg.selectors or "dare" not in cfg.selectors:
+            result.claims.append(_inconclusive(statement, measure, f"needs runs of >= 2 tasks that gained >= {cfg.min_gain}, "
+                                                                   "and the magnitude and dare selectors", cfg.level))
+            return
+        tasks, seeds = [r.task for r in valid], [r.seed for r in valid]
+        estimates = {}
+        for k in small:
+            mag = [r.kept["magnitude"][k]["exact"] for r in valid]
+            dare = [r.kept["dare"][k]["exact"] for r in valid]
+            estimates[f"magnitude@{k}"] = _estimate(mag, tasks, seeds, cfg.level)
+            estimates[f"dare@{k}"] = _estimate(dare, tasks, seeds, cfg.level)
+            estimates[f"magnitude-dare@{k}"] = _estimate([a - b for a, b in zip(mag, dare)], tasks, seeds, cfg.level)
+        rule = shape_rule(cfg.recovered, small)
+        shape = rule.label(estimates) or "undecided: intervals straddle the threshold"
+        shapes = {m: _shape_label(cfg, [r for r in primary_runs if r.learned_on(m, cfg.min_gain)], small, m) for m in MEASURES}
+        result.metrics["grafting_shape"] = {"exact": shape, **{m: s for m, s in shapes.items() if m != "exact"}}
+        best = max(small, key=lambda k: estimates[f"magnitude@{k}"].value)
+        claim = decide_claim("C0", statement, rule, estimates, f"magnitude@{best}", measure=f"{measure} at k = {_pct(best)} ({shape})",
+                             control=f"DARE at {_pct(best)}: {estimates[f'dare@{best}'].value:.2f}; the same rule on per-token "
+                                     f"accuracy: {shapes['token']}; on the loss gap: {shapes['loss']}")
+        result.claims.append(claim)
+
+    # -- 3. learned masks against fitted controls ----------------------------------------------------
+    def _learned(self, cfg, valid: list[Run], controls, result: StudyResult) -> None:
+        if "learned" not in cfg.selectors:
+            return
+        k = cfg.learned_fractions[0]
+        statement = (f"the skill is localisable: a {_pct(k)} mask fitted to the task (learned, Panigrahi et al.) keeps more of the "
+                     "real delta's skill than the same fit keeps from a shuffled-label or a Gaussian delta")
+        valid_ids = {(r.task, r.seed) for r in valid}
+        usable = [c for c in controls if (c["task"], c["seed"]) in valid_ids]
+        by_measure = {}
+        for m in MEASURES:
+            by_measure[m] = {"real": [c["run"].kept["learned"][k][m] for c in usable],
+                             "shuffled": [c["shuffled"]["learned"][k][m] for c in usable],
+                             "gaussian": [c["gaussian"]["learned"][k][m] for c in usable]}
+        result.metrics["learned_vs_controls"] = {m: {key: float(np.nanmean(v)) if v else None for key, v in d.items()}
+                                                 for m, d in by_measure.items()}
+        groups = [{"label": f"{sel} mask over {src} delta",
+                   "values": [float(np.nanmean([c[src2][sel][k][m] if src2 != "run" else c["run"].kept[sel][k][m] for c in usable]))
+                              if usable else float("nan") for m in MEASURES]}
+                  for sel in ("learned", "magnitude") for src, src2 in (("the real", "run"), ("the shuffled-label", "shuffled"),
+                                                                        ("a Gaussian", "gaussian"))]
+        result.figures.append(bars_figure(
+            "learned-vs-controls", f"A {_pct(k)} mask fitted to the task, over the real delta and over control deltas",
+            [MEASURE_NAMES[m] for m in MEASURES], groups, "share of the fine-tune's gain kept",
+            caption="Shares relative to the real fine-tune's gain. What a fit keeps over a control delta is what fitting alone buys "
+                    "(format, not skill); the claim is the difference."))
+        satisfied = [MEASURE_NAMES[m] for m in MEASURES if by_measure[m]["shuffled"] and np.nanmean(by_measure[m]["shuffled"]) >= cfg.recovered]
+        if satisfied:
+            result.notes.append(f"The shuffled-label control alone reaches {cfg.recovered:.0%} of the gain on: {', '.join(satisfied)} — "
+                                "those measures track answer format, not the skill.")
+        if len({c["task"] for c in usable}) < 2:
+            result.claims.append(_inconclusive(statement, "learned-mask share kept minus control", f"needs controls of >= 2 tasks that gained "
+                                                                                              f">= {cfg.min_gain}", cfg.level))
+            return
+        tasks, seeds = [c["task"] for c in usable], [c["seed"] for c in usable]
+        exact = by_measure["exact"]
+        vs_s = [a - b for a, b in zip(exact["real"], exact["shuffled"])]
+        vs_g = [a - b for a, b in zip(exact["real"], exact["gaussian"])]
+        estimates = {"learned": _estimate(exact["real"], tasks, seeds, cfg.level),
+                     "learned_vs_shuffled": _estimate(vs_s, tasks, seeds, cfg.level),
+                     "learned_vs_gaussian": _estimate(vs_g, tasks, seeds, cfg.level)}
+        result.claims.append(decide_claim(
+            "C0", statement, LEARNED_RULE, estimates, "learned_vs_shuffled",
+            measure=f"exact-match share kept by a learned {_pct(k)} mask, real minus shuffled-label delta (real alone: "
+                    f"{estimates['learned'].value:.2f})",
+            control=f"over a Gaussian delta: difference {estimates['learned_vs_gaussian'].value:.2f}; magnitude top-{_pct(k)} over the real "
+                    f"delta keeps {np.nanmean([c['run'].kept['magnitude'][k]['exact'] for c in usable]) if 'magnitude' in cfg.selectors else float('nan'):.2f}; "
+                    f"per task: {_agreement(vs_s, tasks, seeds, 0.0, cfg.level)}"))
+
+    # -- 4. support stability ---------------------------------------------------------------------
+    def _support(self, cfg, runs: list[Run], result: StudyResult) -> None:
         k = cfg.support_fraction
-        masks = [global_topk_mask(r["delta"], float(k)) for r in runs]
+        masks = [global_topk_mask(r.delta, float(k)) for r in runs]
         same, cross, chance = [], [], []
         for i, j in itertools.combinations(range(len(runs)), 2):
-            a, b = runs[i]["task"], runs[j]["task"]
+            a, b = runs[i].task, runs[j].task
             value = jaccard(masks[i], masks[j])
-            chance.append(jaccard_chance(masks[i], masks[j], runs[i]["delta"], runs[j]["delta"]))
+            chance.append(jaccard_chance(masks[i], masks[j], runs[i].delta, runs[j].delta))
             (same if a == b else cross).append((a if a == b else "|".join(sorted((a, b))), value))
         groups = []
         for label, pairs in (("same task, other seed", same), ("other task", cross)):
             vals = [v for _, v in pairs]
-            lo, hi = bootstrap_mean(vals, seed=8, clusters=[c for c, _ in pairs])
-            groups.append({"label": label, "values": [float(np.mean(vals)) if vals else float("nan")], "lo": [lo], "hi": [hi]})
+            groups.append({"label": label, "values": [float(np.mean(vals)) if vals else float("nan")],
+                           "lo": [float(np.min(vals)) if vals else float("nan")], "hi": [float(np.max(vals)) if vals else float("nan")]})
         groups.append({"label": "chance (among moved entries)", "values": [float(np.nanmean(chance))] if chance else [float("nan")]})
         result.metrics["jaccard"] = {"same_task": float(np.mean([v for _, v in same])) if same else None,
                                      "cross_task": float(np.mean([v for _, v in cross])) if cross else None,
                                      "chance": float(np.nanmean(chance)) if chance else None}
         result.figures.append(bars_figure(
-            "support", f"Overlap of top-{k:.0%} supports (Jaccard)", ["Jaccard"], groups, "Jaccard index",
-            caption="Pairs of runs; 95% cluster bootstrap (same-task pairs by task, cross-task pairs by task pair). "
+            "support", f"Overlap of top-{_pct(k)} supports (Jaccard)", ["Jaccard"], groups, "Jaccard index",
+            caption="Mean over pairs of runs; bars span the lowest to the highest pair (pairs share runs, so no interval is claimed). "
                     "Chance: two random supports of the same size among the entries either run changed."))
 
-    # -- 4. imposed vs natural --------------------------------------------------------------------
-    def _imposed(self, cfg, controls, result: StudyResult) -> None:
+    # -- 5. imposed vs natural --------------------------------------------------------------------
+    def _imposed(self, cfg, imposed, result: StudyResult) -> None:
         k = cfg.mask_fraction
-        labels = [f"{c['task']} s{c['seed']}" for c in controls]
+        labels = [f"{c['task']} s{c['seed']}" for c in imposed]
         result.figures.append(bars_figure(
-            "imposed", f"Imposed sparsity: training only {k:.0%} of weights", labels,
-            [{"label": "full fine-tune", "values": [float(c["full"]["ft_acc"].mean()) for c in controls]},
-             {"label": f"LT-SFT ({k:.0%} from full delta)", "values": [float(c["lt_acc"].mean()) for c in controls]},
-             {"label": f"random mask ({k:.0%})", "values": [float(c["rnd_acc"].mean()) for c in controls]},
-             {"label": "base", "values": [float(c["full"]["base_acc"].mean()) for c in controls]}],
-            "accuracy at target level", ylim=(0, 1.05), caption="Equal steps for every regime."))
-        statement = (f"imposed sparsity: retraining only the top-{k:.0%} entries of the full fine-tune's delta (LT-SFT) recovers "
-                     f"its gain, and a random {k:.0%} mask does not")
-        usable = [c for c in controls if gain(c["full"]) >= max(cfg.min_gain, 1e-6)]
+            "imposed", f"Imposed sparsity: training only {_pct(k)} of weights", labels,
+            [{"label": "full fine-tune", "values": [c["run"].tuned.exact for c in imposed]},
+             {"label": f"LT-SFT ({_pct(k)} from full delta)", "values": [c["lt"].exact for c in imposed]},
+             {"label": f"random mask ({_pct(k)})", "values": [c["random"].exact for c in imposed]},
+             {"label": "base", "values": [c["run"].base.exact for c in imposed]}],
+            "exact match at the target level", ylim=(0, 1.05), caption="Equal steps for every regime."))
+        statement = (f"imposed sparsity: retraining only the top-{_pct(k)} entries of the full fine-tune's delta (LT-SFT) recovers "
+                     f"its gain, and a random {_pct(k)} mask does not")
+        usable = [c for c in imposed if c["run"].learned_on("exact", cfg.min_gain)]
         if len({c["task"] for c in usable}) < 2:
-            result.claims.append(_claim_inconclusive(statement, "gain recovered by LT-SFT",
-                                                     f"needs controls of >= 2 tasks whose fine-tuning gained >= {cfg.min_gain}"))
+            result.claims.append(_inconclusive(statement, "exact-match gain kept by LT-SFT",
+                                               f"needs controls of >= 2 tasks that gained >= {cfg.min_gain}", cfg.level))
             return
-        tasks = [c["task"] for c in usable]
-        rec_lt = [recovered_share(float(c["lt_acc"].mean()), c["full"]) for c in usable]
-        rec_rnd = [recovered_share(float(c["rnd_acc"].mean()), c["full"]) for c in usable]
-        estimates = {"lt_sft": _estimate(rec_lt, 9, tasks), "lt_vs_random": _estimate([a - b for a, b in zip(rec_lt, rec_rnd)], 10, tasks)}
+        tasks, seeds = [c["task"] for c in usable], [c["seed"] for c in usable]
+        lt = [share_kept(c["lt"], c["run"].base, c["run"].tuned, "exact") for c in usable]
+        rnd = [share_kept(c["random"], c["run"].base, c["run"].tuned, "exact") for c in usable]
+        estimates = {"lt_sft": _estimate(lt, tasks, seeds, cfg.level),
+                     "lt_vs_random": _estimate([a - b for a, b in zip(lt, rnd)], tasks, seeds, cfg.level)}
         d_lo, d_hi = estimates["lt_vs_random"].interval
         result.claims.append(decide_claim(
-            "C0", statement, imposed_rule(cfg.recovered), estimates, "lt_sft", measure="gain recovered by LT-SFT",
-            control=f"random {k:.0%} mask recovers {np.mean(rec_rnd):.2f} (LT-SFT minus random, paired [{d_lo:.2f}, {d_hi:.2f}])"))
+            "C0", statement, imposed_rule(cfg.recovered), estimates, "lt_sft", measure="exact-match gain kept by LT-SFT",
+            control=f"random {_pct(k)} mask keeps {np.mean(rnd):.2f} (LT-SFT minus random, paired [{d_lo:.2f}, {d_hi:.2f}])"))
 
-    # -- 5. where the change lives ----------------------------------------------------------------
-    def _profile(self, runs, result: StudyResult) -> None:
-        profiles = [tensor_profile(r["delta"]) for r in runs]
-        clusters = [r["task"] for r in runs]
+    # -- 6. where the change lives ----------------------------------------------------------------
+    def _profile(self, runs: list[Run], result: StudyResult) -> None:
+        profiles = [tensor_profile(r.delta) for r in runs]
         for axis, title in (("kind", "module kind"), ("layer", "layer")):
             cats = list(profiles[0][axis])
             energy = np.asarray([[p[axis][c]["energy_share"] for c in cats] for p in profiles])
             params = [profiles[0][axis][c]["param_share"] for c in cats]
-            ci = [bootstrap_mean(energy[:, j], seed=11 + j, clusters=clusters) for j in range(len(cats))]
             result.figures.append(bars_figure(
                 f"profile-{axis}", f"Where the change lives: by {title}", [str(c) for c in cats],
-                [{"label": "share of delta energy", "values": energy.mean(0).tolist(), "lo": [c[0] for c in ci], "hi": [c[1] for c in ci]},
+                [{"label": "share of delta energy", "values": energy.mean(0).tolist(),
+                  "lo": energy.min(0).tolist(), "hi": energy.max(0).tolist()},
                  {"label": "share of parameters (isotropic null)", "values": params}],
-                "share", caption="An update spread evenly over all weights would match the parameter share."))
+                "share", caption="Mean over runs, bars spanning the lowest and highest run. An update spread evenly over all "
+                                 "weights would match the parameter share."))
             result.metrics[f"profile_{axis}"] = {str(c): {"energy_share": float(energy[:, j].mean()), "param_share": params[j]}
                                                  for j, c in enumerate(cats)}
+
+    # -- regimes: update size and what each one's curve looks like ---------------------------------
+    def _regimes(self, cfg, runs: list[Run], controls, result: StudyResult) -> None:
+        small = [k for k in cfg.graft_fractions if k <= cfg.small_k]
+        rows = []
+        for regime in cfg.regimes:
+            rr = [r for r in runs if r.regime == regime]
+            valid = [r for r in rr if r.learned_on("exact", cfg.min_gain)]
+            shape = (_shape_label(cfg, valid, small, "exact") if len({r.task for r in valid}) >= 2 and "magnitude" in cfg.selectors
+                     and "dare" in cfg.selectors else "too few runs that learned")
+            rows.append([regime, f"{np.mean([r.size['relative_norm'] for r in rr]):.3f}", f"{np.mean([r.size['moved_share'] for r in rr]):.2f}",
+                         f"{np.mean([r.gain for r in rr]):.2f}", f"{np.mean([r.tuned.token - r.base.token for r in rr]):.2f}",
+                         f"{len(valid)}/{len(rr)}", shape])
+        result.tables.append({"title": "Fine-tuning regimes: update size, gain and the shape of the grafting curve (exact match)",
+                              "columns": ["regime", "||delta|| / ||base||", "share of entries moved > 1e-3 RMS", "exact-match gain",
+                                          "per-token gain", "runs that learned", "shape"], "rows": rows})
+        result.metrics["regime_summary"] = [dict(zip(["regime", "relative_norm", "moved_share", "exact_gain", "token_gain", "learned", "shape"], r))
+                                            for r in rows]
+        result.notes.append("Caveats measured here: the update size of each regime is in the regimes table (LLM fine-tunes that DARE "
+                            "reports move far less of the weights); the verdicts use exact match at the target level, and the table "
+                            "shows per-token accuracy and the loss gap beside it; the verdicts come from the first regime only.")
+
+
+def choose(name: str, base: StateDict, delta: StateDict, fraction: float, *, model, data: list[Example], seed: int,
+           steps: int) -> tuple[Mask, float]:
+    """The mask of ``round(fraction * n)`` entries that selection rule ``name`` picks from
+    ``delta``, and the scale its entries are grafted at (n/k for DARE, else 1)."""
+    from ..deltas.masks import rule_scale, select
+
+    n = sum(d.numel() for d in delta.values())
+    k = round(fraction * n)
+    tuned = {name_: base[name_] + delta[name_] for name_ in base}
+    mask = select(name, base, tuned, k, model=model, data=[(e.prompt, e.target) for e in data], seed=seed,
+                  **({"steps": steps} if name == "learned" else {}))
+    return mask, rule_scale(name, k, n)
+
+
+def _cell(c: dict[str, float]) -> str:
+    if not np.isfinite(c["mean"]):
+        return "–"
+    if not np.isfinite(c["lo"]):
+        return f"{c['mean']:.2f}"
+    return f"{c['mean']:.2f} [{c['lo']:.2f}, {c['hi']:.2f}]"
+
+
+def _shape_label(cfg, valid: list[Run], small: list[float], measure: str) -> str:
+    if len({r.task for r in valid}) < 2:
+        return "too few runs that learned"
+    tasks, seeds = [r.task for r in valid], [r.seed for r in valid]
+    estimates = {}
+    for k in small:
+        mag = [r.kept["magnitude"][k][measure] for r in valid]
+        dare = [r.kept["dare"][k][measure] for r in valid]
+        estimates[f"magnitude@{k}"] = _estimate(mag, tasks, seeds, cfg.level)
+        estimates[f"dare@{k}"] = _estimate(dare, tasks, seeds, cfg.level)
+        estimates[f"magnitude-dare@{k}"] = _estimate([a - b for a, b in zip(mag, dare)], tasks, seeds, cfg.level)
+    return shape_rule(cfg.recovered, small).label(estimates) or "undecided"
+
+
+def _inconclusive(statement: str, measure: str, why: str, level: float) -> Claim:
+    return Claim(id="C0", statement=statement, verdict="inconclusive", measure=measure, value=float("nan"),
+                 interval=NAN_INTERVAL, level=level, control=why, rule=why, reason=why)

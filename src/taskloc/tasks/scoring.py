@@ -47,3 +47,29 @@ def accuracy_table(model: LanguageModel, tasks: list[Task], levels: list[int], n
                 row[str(level)] = [int(hits.sum()), len(hits)]
         table[task.name] = row
     return table
+
+
+@torch.no_grad()
+def skill_scores(model: torch.nn.Module, examples: list[Example], batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """Three measures of skill per example from one teacher-forced pass, each (N,) float64:
+    ``exact`` (1.0 when greedy decoding reproduces the whole target), ``token`` (share of answer
+    tokens, EOS included, whose argmax is the gold token) and ``loss`` (mean cross-entropy over
+    the answer tokens). Exact match is all-or-nothing over several tokens, so a partial skill shows
+    in the other two first."""
+    device = next(model.parameters()).device
+    codec = codec_of(model)
+    exact, token, loss = [], [], []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i : i + batch_size]
+        inputs, labels, mask = (t.to(device) for t in codec.encode_batch([(e.prompt, e.target) for e in chunk]))
+        rows = max(1, LOGITS_BUDGET // (inputs.shape[1] * codec.vocab_size))
+        for r in range(0, len(chunk), rows):
+            logits = model(inputs[r:r + rows]).double()  # (rows, T, V)
+            gold, answer = labels[r:r + rows], mask[r:r + rows]  # (rows, T)
+            right = (logits.argmax(-1) == gold) & answer
+            n = answer.sum(1).clamp(min=1)  # (rows,)
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), gold, reduction="none") * answer  # (rows, T)
+            exact.append((right.sum(1) == answer.sum(1)).double())
+            token.append(right.sum(1).double() / n)
+            loss.append(nll.sum(1) / n)
+    return {"exact": torch.cat(exact).cpu(), "token": torch.cat(token).cpu(), "loss": torch.cat(loss).cpu()}
