@@ -122,13 +122,33 @@ def delta(
 @app.command()
 def graft(
     base: Path = typer.Argument(..., help="the base checkpoint the patch was made from"),
-    patch: Path = typer.Argument(..., help="a patch written by `taskloc delta --patch`"),
+    patch: Path = typer.Argument(..., help="a patch written by `taskloc delta --patch`; with --select, the tuned checkpoint"),
     out: Path = typer.Option(..., help="output: a .safetensors file for a single-file base, a new folder for an HF folder"),
     scale: float = typer.Option(1.0, help="write base + scale * (patch - base); 1 gives the patched entries exactly"),
     allow_fingerprint_mismatch: bool = typer.Option(False, "--allow-fingerprint-mismatch", help="apply even if the base is not the one the patch was made from"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
+    select: str | None = typer.Option(None, help="choose the entries of TUNED - BASE here: magnitude | random | dare (random, "
+                                      "grafted at scale n/k) | saliency | learned (the last two run BASE on --data)"),
+    top: str | None = typer.Option(None, help="with --select: how many entries, a percent (1%), a fraction (0.01) or a count (default 1%)"),
+    data: Path | None = typer.Option(None, help="with --select saliency|learned: JSONL of {\"prompt\", \"target\"} training examples (never the evaluation split)"),
+    seed: int = typer.Option(0, help="with --select: seed of random/dare masks and of the learned mask's batches"),
+    steps: int | None = typer.Option(None, help="with --select learned: optimisation steps (default 200)"),
+    device: str = typer.Option("auto", help="with --select saliency|learned: where the model runs (auto | cpu | cuda[:N])"),
 ) -> None:
-    """Apply a sparse patch to a base checkpoint, keeping the base's layout and dtypes."""
+    """Apply a sparse patch to a base checkpoint, keeping the base's layout and dtypes; or, with
+    --select, choose k entries of TUNED - BASE by a rule and graft them."""
+    if select is not None:
+        from .deltas.select_graft import graft_selected
+
+        chosen = graft_selected(base, patch, out, rule=select, top=top or "1%", data=data, seed=seed, steps=steps,
+                                scale=scale, device=device, allow_pickle=allow_pickle)
+        console.print(f"grafted {chosen.k:,} of {chosen.n:,} entries chosen by {chosen.rule} at scale {chosen.scale:g}: {chosen.out}",
+                      highlight=False)
+        return
+    if top is not None or data is not None or steps is not None:
+        from .errors import ConfigError
+
+        raise ConfigError("--top, --data and --steps choose entries and need --select; a patch's entries are already chosen.")
     from .deltas import graft_checkpoint
 
     result = graft_checkpoint(base, patch, out, scale=scale, allow_pickle=allow_pickle,
