@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch.func import functional_call
 
-from ..models import LanguageModel, codec_of
+from ..models import LanguageModel, codec_of, unique_weight_names
 from ..train import answer_loss
 from .masks import Mask, SelectOptions, top_k_scores
 
@@ -33,7 +33,10 @@ Pairs = Sequence[tuple[str, str]]
 def task_loss(model: LanguageModel, params: Mapping[str, torch.Tensor], pairs: Pairs) -> torch.Tensor:
     """The answer-only loss of ``pairs`` under ``params`` (the model's state with some tensors
     replaced), computed without touching the model's own tensors."""
-    state = {name: t.detach() for name, t in model.state_dict().items()}  # frozen: no grad reaches the model
+    full = model.state_dict()
+    # frozen (no grad reaches the model); one name per storage, so a tied alias (GPT-2's lm_head)
+    # follows the replaced tensor instead of contradicting it
+    state = {name: full[name].detach() for name in unique_weight_names(full)}
     state.update(params)
     inputs, labels, answer = (t.to(model.device) for t in codec_of(model).encode_batch(list(pairs)))
 
