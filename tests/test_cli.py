@@ -59,10 +59,10 @@ def test_report_of_missing_run(tmp_path, capsys):
 
 
 def test_studies_and_tasks_listings(capsys):
-    main(["studies"])
-    assert "base-model" in capsys.readouterr().err
+    main(["studies"])  # listings go to stdout; progress and errors to stderr
+    assert "base-model" in capsys.readouterr().out
     main(["tasks"])
-    listing = capsys.readouterr().err
+    listing = capsys.readouterr().out
     assert all(name in listing for name in ("add", "sort", "reverse", "hop", "copy", "trace", "arith"))
 
 

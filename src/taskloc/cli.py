@@ -64,17 +64,27 @@ def claims(markdown: bool = typer.Option(False, "--markdown", help="print the ra
 @app.command()
 def tasks() -> None:
     """List the built-in synthetic tasks."""
+    from rich.console import Console
+
     from .tasks import TASKS
 
+    listing = Console()  # stdout: a listing, unlike progress and errors
     for name in TASKS.names():
-        console.print(f"[bold]{name:8}[/bold] {TASKS.get(name).description}")
+        listing.print(f"[bold]{name:8}[/bold] {TASKS.get(name).description}")
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run directory holding results.json")) -> None:
-    """Rebuild report.html from a run directory's results.json (no recomputation)."""
+def report(run_dir: Path = typer.Argument(..., help="a run directory holding results.json"),
+           markdown: bool = typer.Option(False, "--markdown", help="print a Markdown summary (verdicts, preconditions, notes) instead")) -> None:
+    """Rebuild report.html from a run directory's results.json (no recomputation), or print its summary."""
     from .report import rebuild_report
 
+    if markdown:
+        from .report.html import read_results
+        from .report.markdown import summary_markdown
+
+        print(summary_markdown(read_results(run_dir)), end="")
+        return
     console.print(f"report: {rebuild_report(run_dir)}")
 
 

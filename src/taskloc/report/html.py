@@ -142,7 +142,8 @@ def write_report(run_dir: Path, document: dict[str, Any]) -> Path:
     return path
 
 
-def rebuild_report(run_dir: Path) -> Path:
+def read_results(run_dir: Path) -> dict[str, Any]:
+    """A run directory's results.json, checked to be one."""
     results = Path(run_dir) / "results.json"
     if not results.is_file():
         raise RunDirError(f"{run_dir} has no results.json; give a finished run directory (made by `taskloc run`).")
@@ -154,4 +155,8 @@ def rebuild_report(run_dir: Path) -> Path:
     if not isinstance(document, dict) or not expected <= set(document):
         raise RunDirError(f"{results} is not a taskloc results file (it needs the keys {sorted(expected)}); "
                           "rerun `taskloc run` to rewrite it.")
-    return write_report(Path(run_dir), document)
+    return document
+
+
+def rebuild_report(run_dir: Path) -> Path:
+    return write_report(Path(run_dir), read_results(run_dir))

@@ -65,7 +65,7 @@ class WeightDeltaConfig(Config):
     finetune: TrainConfig = field(TrainConfig(steps=200, batch_size=64, lr=1e-3, warmup=20, eval_every=10**9, ckpt_every=50),
                                   "fine-tuning schedule of the 'adamw' regime (the other regimes derive from it)")
     regimes: list[str] = field(["adamw"], "fine-tuning regimes (see REGIMES: adamw, small, sgd-frozen); the first decides the verdicts")
-    small_lr_factor: float = field(0.1, "learning-rate factor of the 'small' regime (a small update, a few % of the weight norm)")
+    small_lr_factor: float = field(0.25, "learning-rate factor of the 'small' regime (with a quarter of the steps: a small update)")
     sgd_lr: float = field(0.05, "learning rate of the 'sgd-frozen' regime (SGD with momentum, embeddings and head frozen)")
     selectors: list[str] = field(["magnitude", "random", "dare", "saliency", "learned"], "selection rules of the grafting curves")
     graft_fractions: list[float] = field([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5], "k values of the grafting curves (fractions)")
@@ -125,8 +125,11 @@ def _adamw(cfg: WeightDeltaConfig, base: StateDict) -> tuple[TrainConfig, Mask |
 
 @REGIMES.register("small")
 def _small(cfg: WeightDeltaConfig, base: StateDict) -> tuple[TrainConfig, Mask | None]:
-    """The same steps at a lower learning rate: a small update, closer to the LLM fine-tunes DARE reports."""
-    return TrainConfig.from_dict({**cfg.finetune.to_dict(), "lr": cfg.finetune.lr * cfg.small_lr_factor}), None
+    """A lower learning rate and a quarter of the steps (an early stop): a small update, closer to the
+    LLM fine-tunes DARE reports than the full schedule's."""
+    steps = max(1, cfg.finetune.steps // 4)
+    return TrainConfig.from_dict({**cfg.finetune.to_dict(), "lr": cfg.finetune.lr * cfg.small_lr_factor, "steps": steps,
+                                  "warmup": min(cfg.finetune.warmup, steps // 2)}), None
 
 
 @REGIMES.register("sgd-frozen")
