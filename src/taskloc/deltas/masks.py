@@ -26,7 +26,7 @@ torch.func.functional_call on tensors the rule owns.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -59,6 +59,9 @@ class SelectOptions:
     batch_size: int = 32
     sparsity: float = 0.1
     init_logit: float = 3.0
+
+
+SETTINGS = tuple(f.name for f in fields(SelectOptions) if f.name not in ("model", "data", "seed"))  # select(**settings)
 
 
 @dataclass(frozen=True)
@@ -108,16 +111,16 @@ def count_of(mask: Mapping[str, torch.Tensor]) -> int:
 def select(name: str, base: StateDict, tuned: StateDict, k: int, *, model: object | None = None, data: Pairs | None = None,
            seed: int = 0, **learned: float | int) -> Mask:
     """A global mask of exactly ``k`` entries over tuned - base, chosen by rule ``name``
-    (SELECTORS: magnitude, random, dare, saliency, learned). ``learned`` takes the optional
-    SelectOptions settings steps, lr, batch_size, sparsity, init_logit."""
+    (SELECTORS: magnitude, random, dare, saliency, learned), over the floating tensors of ``base``.
+    ``learned`` takes the optional SelectOptions SETTINGS (steps, lr, batch_size, sparsity, init_logit)."""
     rule = SELECTORS.get(name)
     base32, deltas = deltas_of(base, tuned)
     n = sum(d.numel() for d in deltas.values())
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
         raise ConfigError(f"k={k!r} must be a whole number of entries between 0 and {n:,} (the size of the delta).")
-    unknown = sorted(set(learned) - {"steps", "lr", "batch_size", "sparsity", "init_logit"})
+    unknown = sorted(set(learned) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"unknown selection option(s) {unknown}; known: steps, lr, batch_size, sparsity, init_logit.")
+        raise ConfigError(f"unknown selection option(s) {unknown}; known: {', '.join(SETTINGS)}.")
     options = SelectOptions(model=model, data=data, seed=seed, **learned)  # type: ignore[arg-type]
     if rule.needs_model:
         _check_model_inputs(rule.name, options, deltas)
