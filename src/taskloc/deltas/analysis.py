@@ -319,7 +319,7 @@ class _Stream:
             curve, n_changed, max_abs, erank = (list(self.grid), list(self.grid)), 0, 0.0, None
         else:
             needed = self._own_buckets(n, hist, moments)
-            level2 = Level2Counts(needed)
+            level2 = Level2Counts(needed, most=n, buffer=scratch.get("level2", len(needed) << BUCKET_SHIFT, torch.int32).numpy())
             level2.add(hits.bits, hi)
             level2.add(moments.own_bits)  # entries of own buckets outside the plan's
             extra = [b for b in needed if not plan.flags[b] and not own_flags[b]]

@@ -244,12 +244,21 @@ class Level2Counts:
     """Level 2 of a few buckets over a stream: counts per (bucket, low 15 bits), fed with the bit
     patterns of any set of entries that includes all of those buckets' entries."""
 
-    def __init__(self, buckets: Sequence[int]) -> None:
+    def __init__(self, buckets: Sequence[int], most: int | None = None, buffer: np.ndarray | None = None) -> None:
+        """``most``: an upper bound on the entries that will be counted, when known; below 2^31
+        the counters are int32, half the cache footprint for the random increments. ``buffer``:
+        a reused 1-D int32 array for those counters, when large enough (fresh megabytes per
+        tensor would cost more in page faults than zeroing)."""
         self.buckets = list(buckets)
         self.slot = np.full(N_BUCKETS, -1, dtype=np.int64)
         self.slot[self.buckets] = np.arange(len(self.buckets))
         self.wanted = self.slot >= 0
-        self.counts = np.zeros(len(self.buckets) << BUCKET_SHIFT, dtype=np.int64)
+        size = len(self.buckets) << BUCKET_SHIFT
+        if most is not None and most < 2**31 and buffer is not None and buffer.dtype == np.int32 and len(buffer) >= size:
+            self.counts = buffer[:size]
+            self.counts.fill(0)
+        else:
+            self.counts = np.zeros(size, dtype=np.int32 if most is not None and most < 2**31 else np.int64)
 
     def add(self, bits: np.ndarray, hi: np.ndarray | None = None) -> None:
         """Count the entries of wanted buckets among ``bits`` (int32 patterns of |d|; ``hi`` their

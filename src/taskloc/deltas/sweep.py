@@ -49,6 +49,8 @@ class SweepResult:
     idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (h,) entries of lut buckets, ascending
     bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (h,) their |d| bit patterns
     own_bits: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # (o,) |d| of entries in own but not lut buckets
+    # counts, low_sum, low_sq and own_bits of a compiled sweep may be views of the scratch
+    # buffers: they hold until the next sweep with the same scratch (the caller's thread)
 
 
 def sweep(item: Loaded, n: int, lut: np.ndarray | None, moments: bool, scratch: Scratch,
@@ -99,7 +101,8 @@ class _Compiled:
         if moments:  # acc: (2 * N_BUCKETS,) packed and squares side by side, one cache line per bucket
             self.acc = scratch.get("acc", 2 * N_BUCKETS, torch.int64).numpy()
             self.acc.fill(0)
-            self.totals = np.zeros((3, N_BUCKETS), np.int64)  # count, sum L, sum L^2
+            self.totals = scratch.get("totals", 3 * N_BUCKETS, torch.int64).numpy().reshape(3, N_BUCKETS)  # count, sum L, sum L^2
+            self.totals.fill(0)  # reused: a fresh 1.5 MB would cost more in page faults than the fill
         else:
             self.acc, self.totals = kernel.NO_ENTRIES, np.zeros((3, 1), np.int64)
         if self.use_lut:
@@ -124,7 +127,7 @@ class _Compiled:
                                               self.state, self.codes, self.use_lut, self.hit_idx, self.hit_bits,
                                               self.own_bits, chunk)
                 squares += part
-                self._drain()
+                self._drain(last=pos >= n)
             out.base_sq = squares if base_squares else None
         else:
             out.base_sq = self._blocks(item, n, base_squares)
@@ -135,7 +138,7 @@ class _Compiled:
             out.idx = np.concatenate([f[0] for f in self.found])
             out.bits = np.concatenate([f[1] for f in self.found])
         if self.owned:
-            out.own_bits = np.concatenate(self.owned)
+            out.own_bits = self.owned[0] if len(self.owned) == 1 else np.concatenate(self.owned)
         return out
 
     def _blocks(self, item: Loaded, n: int, base_squares: bool) -> float | None:
@@ -152,16 +155,18 @@ class _Compiled:
             if squares is not None:
                 block_sq = item.base_squares(start, stop)
                 squares = None if block_sq is None else squares + block_sq
-        self._drain()
+        self._drain(last=True)
         return squares
 
-    def _drain(self) -> None:
-        """Copy the flagged entries out of the reused buffers."""
+    def _drain(self, last: bool = False) -> None:
+        """Copy the flagged entries out of the reused buffers (the hits go to the main thread;
+        the own-stream entries of the last call are used in this thread before the next sweep,
+        so they stay where they are)."""
         h, o = int(self.state[kernel.HITS]), int(self.state[kernel.OWNS])
         if h:
             self.found.append((self.hit_idx[:h].copy(), self.hit_bits[:h].copy()))
         if o:
-            self.owned.append(self.own_bits[:o].copy())
+            self.owned.append(self.own_bits[:o] if last else self.own_bits[:o].copy())
         self.state[kernel.HITS] = self.state[kernel.OWNS] = 0
 
 
