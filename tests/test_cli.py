@@ -16,7 +16,7 @@ def run_cli(args, capsys):
 @pytest.mark.parametrize("args, message", [
     (["base-modle", "--preset", "quick"], r"unknown study 'base-modle'\. Did you mean 'base-model'"),
     (["--preset", "quick", "--set", 'data.tasks=["add", "sortt"]'], r"unknown task 'sortt'\. Did you mean 'sort'"),
-    (["--preset", "quick", "--set", "pretrain.steps=abc"], r"TrainConfig\.steps='abc' has the wrong type: expected int"),
+    (["--preset", "quick", "--set", "pretrain.steps=abc"], r"config value pretrain\.steps='abc' has the wrong type: expected int"),
     (["--preset", "quick", "--set", "pretrain.stepz=10"], r"unknown config key 'pretrain\.stepz'\. Did you mean 'pretrain\.steps'"),
     (["--preset", "quick", "--set", "model.d_model=31"], r"model\.d_model=31 is not divisible by model\.n_head=2"),
     (["--preset", "quik"], r"unknown preset 'quik'\. Did you mean 'quick'"),

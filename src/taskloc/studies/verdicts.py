@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 Verdict = Literal["supported", "not supported", "inconclusive"]
 Check = Literal["pass", "fail"]
@@ -144,64 +144,49 @@ class Below:
         return [self.name]
 
 
-def _combine(parts: Sequence[Rule], estimates: Mapping[str, Estimate]) -> list[Decision]:
-    return [p.decide(estimates) for p in parts]
-
-
 @dataclass(frozen=True)
-class AllOf:
+class _Combination:
+    """Parts joined by a quantifier. ``all``: supported when every part is, not supported when any
+    part is not. ``any``: supported when any part is, not supported when every part is not.
+    Otherwise inconclusive."""
+
+    parts: tuple[Rule, ...]
+    quantifier: ClassVar[Literal["all", "any"]]
+
+    def __init__(self, *parts: Rule) -> None:
+        object.__setattr__(self, "parts", tuple(parts))
+
+    def decide(self, estimates: Mapping[str, Estimate]) -> Decision:
+        decisions = [p.decide(estimates) for p in self.parts]
+        reason = "; ".join(d.reason for d in decisions)
+        wins, loses = (SUPPORTED, NOT_SUPPORTED) if self.quantifier == "all" else (NOT_SUPPORTED, SUPPORTED)
+        # under "all" one 'not supported' decides; under "any" one 'supported' does (the dual)
+        if any(d.verdict == loses for d in decisions):
+            return Decision(loses, reason)
+        if all(d.verdict == wins for d in decisions):
+            return Decision(wins, reason)
+        return Decision(INCONCLUSIVE, reason)
+
+    def describe(self) -> str:
+        return (" and " if self.quantifier == "all" else " or ").join(p.describe() for p in self.parts)
+
+    def against(self) -> str:
+        return (" or " if self.quantifier == "all" else " and ").join(p.against() for p in self.parts)
+
+    def names(self) -> list[str]:
+        return [n for p in self.parts for n in p.names()]
+
+
+class AllOf(_Combination):
     """Supported when every part is; not supported when any part is not; else inconclusive."""
 
-    parts: tuple[Rule, ...]
-
-    def __init__(self, *parts: Rule) -> None:
-        object.__setattr__(self, "parts", tuple(parts))
-
-    def decide(self, estimates: Mapping[str, Estimate]) -> Decision:
-        decisions = _combine(self.parts, estimates)
-        reason = "; ".join(d.reason for d in decisions)
-        if any(d.verdict == NOT_SUPPORTED for d in decisions):
-            return Decision(NOT_SUPPORTED, reason)
-        if all(d.verdict == SUPPORTED for d in decisions):
-            return Decision(SUPPORTED, reason)
-        return Decision(INCONCLUSIVE, reason)
-
-    def describe(self) -> str:
-        return " and ".join(p.describe() for p in self.parts)
-
-    def against(self) -> str:
-        return " or ".join(p.against() for p in self.parts)
-
-    def names(self) -> list[str]:
-        return [n for p in self.parts for n in p.names()]
+    quantifier = "all"
 
 
-@dataclass(frozen=True)
-class AnyOf:
+class AnyOf(_Combination):
     """Supported when any part is; not supported when every part is not; else inconclusive."""
 
-    parts: tuple[Rule, ...]
-
-    def __init__(self, *parts: Rule) -> None:
-        object.__setattr__(self, "parts", tuple(parts))
-
-    def decide(self, estimates: Mapping[str, Estimate]) -> Decision:
-        decisions = _combine(self.parts, estimates)
-        reason = "; ".join(d.reason for d in decisions)
-        if any(d.verdict == SUPPORTED for d in decisions):
-            return Decision(SUPPORTED, reason)
-        if all(d.verdict == NOT_SUPPORTED for d in decisions):
-            return Decision(NOT_SUPPORTED, reason)
-        return Decision(INCONCLUSIVE, reason)
-
-    def describe(self) -> str:
-        return " or ".join(p.describe() for p in self.parts)
-
-    def against(self) -> str:
-        return " and ".join(p.against() for p in self.parts)
-
-    def names(self) -> list[str]:
-        return [n for p in self.parts for n in p.names()]
+    quantifier = "any"
 
 
 @dataclass(frozen=True)
