@@ -188,8 +188,7 @@ def merge(
 
     options = {"lambda_": lambda_, "weights": weights, "k": k, "trim": trim, "p": p, "seed": seed, "t": t, "noncore": noncore}
     result = merge_checkpoints(base, models, method=method, out=out, options=options, allow_pickle=allow_pickle)
-    shown = ", ".join(f"{key}={value}" for key, value in result.options.items() if key != "masks" and value is not None)
-    console.print(f"merged {len(models)} models into {result.out} with {method} ({shown})", highlight=False)
+    console.print(f"merged {len(models)} models into {result.out} with {method} ({result.describe_options()})", highlight=False)
 
 
 @app.command()

@@ -29,6 +29,10 @@ class MergeResult:
     cores: CoreReport | None = None  # core_isolation: the overlap of the cores it used
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)  # merge_models only
 
+    def describe_options(self) -> str:
+        """``lambda=1, k=30, trim=tensor``: the options used, defaults included, under their flag names."""
+        return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in _printable(self.options).items())
+
 
 def build_method(method: str, inputs: MergeInputs, options: Mapping[str, Any] | None = None) -> MergeMethod:
     cls = METHODS.get(method)  # an unknown name raises with did-you-mean

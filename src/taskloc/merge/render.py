@@ -23,7 +23,7 @@ def print_cores(report: CoreReport, console: Console | None = None) -> None:
     names = [_label(m) for m in report.models]
     console.print(f"[bold]cores[/bold]: top {report.p:g}% of |model - base| per model, base {report.base}; "
                   f"{report.n:,} entries per model", highlight=False)
-    table = Table(box=box.SIMPLE_HEAD, title=f"Jaccard overlap of the cores (linked when >= {report.tau:g})")
+    table = Table(box=box.SIMPLE_HEAD, title=f"Jaccard overlap of the cores (tau {report.tau:g})")
     table.add_column("model")
     table.add_column("core size", justify="right")
     for name in names:
