@@ -133,7 +133,9 @@ def test_weights_without_tied_aliases_round_trip():
 
 def test_studies_run_on_a_hugging_face_model(hf_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    small = ["--set", "eval.examples=16", "--set", "studies.weight-delta.finetune.steps=10"]
+    # every selection rule runs (learned and saliency through the HF model, tied weights included), on a small grid
+    small = ["--set", "eval.examples=16", "--set", "studies.weight-delta.finetune.steps=10", "--set", "studies.weight-delta.fit_examples=8",
+             "--set", "studies.weight-delta.learned_steps=2", "--set", "studies.weight-delta.graft_fractions=[0.01, 1.0]"]
     code, err = _run(["base-model", "weight-delta", "--preset", "quick", "--model", str(hf_folder), "--out", str(out), *small], capsys)
     assert code == 0, err
     doc = json.loads((out / "results.json").read_text())
