@@ -198,6 +198,11 @@ def report(runs: dict[str, list[dict]], rounds: int) -> None:
     for n in THREADS:
         # per round, against the read measured just before: both saw the same load
         ratios[f"delta@{n} / read"] = median([d["work_s"] / r["work_s"] for d, r in zip(runs[f"delta@{n}"], runs["read"])])
+    # CPU time (user + sys) is less sensitive to other processes than wall time on a busy machine:
+    # at 1 thread it approximates the idle machine's wall time (shown, not judged)
+    cpu = {name: median([r["user_s"] + r["sys_s"] for r in rs]) for name, rs in runs.items() if rs}
+    print(f"\nCPU time, delta@1 / read: {cpu['delta@1'] / cpu['read']:.2f}"
+          + (f"; naive / delta@1: {cpu['naive'] / cpu['delta@1']:.2f}" if "naive" in cpu else ""))
     ratios["delta peak RSS (GB)"] = max(r["peak_rss_gb"] for n in THREADS for r in runs[f"delta@{n}"])
     if runs["naive"]:
         naive = runs["naive"][0]

@@ -28,7 +28,7 @@ Z = 5.0  # standard errors of margin on each side of a predicted bucket: a miss 
 # A tensor's own curve and maximum: predicted from its own sample for tensors of at least
 # OWN_ENTRIES entries (a smaller one is swept again at little cost), with a narrower margin -- a
 # miss costs one more sweep of that tensor only, while every flagged entry costs a little in each
-Z_OWN = 4.0
+Z_OWN = 3.0
 OWN_ENTRIES = 1 << 20
 
 

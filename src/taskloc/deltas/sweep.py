@@ -122,6 +122,8 @@ class _Compiled:
             tuned, base = pair
             chunk = self.scratch.get("chunk", kernel.CHUNK, torch.float32).numpy()
             squares, pos = 0.0, 0
+            if self.use_lut and min(len(self.hit_idx), len(self.own_bits)) < kernel.CHUNK:
+                raise ValueError(f"sweep.ROOM must hold at least one chunk ({kernel.CHUNK} entries)")
             while pos < n:
                 pos, part = kernel.sweep_pair(tuned, base, pos, n, self.moments, FLUSH, base_squares, self.acc, self.totals,
                                               self.state, self.codes, self.use_lut, self.hit_idx, self.hit_bits,
