@@ -163,14 +163,17 @@ class _Candidates:
         if not self.active:
             return
         keep = (hi >= self.start) & (hi <= self.stop)
-        self.total += int(np.count_nonzero(keep))
+        count = int(np.count_nonzero(keep))
+        self.total += count
         if self.total > self.cap:
             self.abandon()
             return
-        if keep.any():
-            self.bits[name] = found.bits[keep]
+        if count:
+            # with a sink every flagged entry from the start bucket up is a candidate: often all of them
+            idx, bits = (found.idx, found.bits) if count == len(hi) else (found.idx[keep], found.bits[keep])
+            self.bits[name] = bits
             if self.sink is not None:
-                self.sink.candidates(name, torch.from_numpy(found.idx[keep]), found.bits[keep], item)
+                self.sink.candidates(name, torch.from_numpy(idx), bits, item)
 
     def abandon(self) -> None:
         if self.active:
