@@ -29,12 +29,13 @@ def run(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     model: Path | None = typer.Option(None, help="study this model instead of pretraining TinyLM: a taskloc run "
                                          "directory or .safetensors, or a local HF causal-LM folder with its tokenizer"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
 ) -> None:
     """Run studies on the embedded default (or on --model) and write results.json and report.html."""
     from .runner import run_studies
 
     run_dir = run_studies(studies or [], preset=preset, out=out, config_file=config, overrides=set_, device=device,
-                          model=model)
+                          model=model, allow_pickle=allow_pickle)
     console.print(f"report: {run_dir / 'report.html'}")
 
 

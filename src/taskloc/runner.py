@@ -27,7 +27,7 @@ from .config import Config
 from .device import pick_device
 from .errors import ConfigError, DataError, RunDirError
 from .io.atomic import json_safe, write_json, write_text
-from .models import LoadedModel, TinyLM, codec_of, load_model
+from .models import CHAR_CODEC, LoadedModel, codec_of, load_model
 from .progress import console
 from .runconfig import RunConfig, resolve_config
 from .studies import STUDIES, Study
@@ -70,14 +70,14 @@ def resolve_studies(names: list[str], cfg: RunConfig) -> list[tuple[Study, Confi
 
 def run_studies(names: list[str], *, preset: str = "default", out: Path | None = None,
                 config_file: Path | None = None, overrides: tuple[str, ...] = (), device: str = "auto",
-                model: Path | None = None) -> Path:
+                model: Path | None = None, allow_pickle: bool = False) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
     cfg = resolve_config(preset, config_file, tuple(overrides), model)
     plan = resolve_studies(list(names), cfg)
     tasks = cfg.data.load_tasks()
     dev = pick_device(device)
-    source = load_study_model(Path(cfg.model_path), device) if cfg.model_path else None
-    if source is None or isinstance(source.model, TinyLM):
+    source = load_study_model(Path(cfg.model_path), device, allow_pickle) if cfg.model_path else None
+    if source is None or codec_of(source.model) is CHAR_CODEC:  # the model reads taskloc's character vocabulary
         _check_char_vocabulary(tasks)
     run_dir = Path(out) if out is not None else Path("runs") / preset
     if run_dir.exists() and not run_dir.is_dir():
@@ -113,18 +113,18 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
     return run_dir
 
 
-def load_study_model(path: Path, device: str) -> LoadedModel:
+def load_study_model(path: Path, device: str, allow_pickle: bool = False) -> LoadedModel:
     """The --model model, checked for what studies need: next-token logits and a way to encode
     task text. Fails here, before a run directory exists."""
     # float32 whatever the checkpoint's dtype: fine-tuning in bf16/fp16 rounds small late updates
     # to zero and snaps deltas to a coarse grid, which would bias every concentration figure
-    loaded = load_model(path, device, dtype=torch.float32)
+    loaded = load_model(path, device, dtype=torch.float32, allow_pickle=allow_pickle)
     kind = getattr(loaded.model, "kind", "causal-lm")
     if kind != "causal-lm":
         raise ConfigError(f"{path} is a {loaded.kind} {kind}; studies train and score next-token answers, "
                           "so they need a causal LM (a taskloc TinyLM, or a Llama, Qwen2 or GPT-2 folder).")
     codec = codec_of(loaded.model)  # raises when an HF model has no usable tokenizer
-    rows = loaded.model.cfg.vocab_size if isinstance(loaded.model, TinyLM) else loaded.model.hf.get_input_embeddings().num_embeddings
+    rows = loaded.model.vocab_size  # rows of the embedding
     if codec.vocab_size > rows:
         raise ConfigError(f"the tokenizer in {path} has {codec.vocab_size} tokens but the model embeds only {rows}; "
                           "pass the tokenizer that belongs to this model.")
