@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from taskloc.cli import main
+from conftest import cli
 from taskloc.deltas import GRID, concentration_curve, delta_stats, global_topk_mask, parse_top
 from taskloc.deltas.analysis import analyse
 from taskloc.deltas.selection import MaskSink
@@ -349,13 +349,7 @@ def _files(tmp_path, dtype=torch.float32):
 
 
 def _cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return cli(args, capsys)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

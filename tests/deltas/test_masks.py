@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from taskloc.cli import main
+from conftest import cli
 from taskloc.deltas.learned import loss_gradient, task_loss
 from taskloc.deltas.masks import SELECTORS, apply_mask, count_of, deltas_of, rule_scale, select
 from taskloc.errors import CheckpointError, ConfigError, UnknownNameError
@@ -213,13 +213,8 @@ def test_bad_requests_name_the_problem():
 # --- CLI: taskloc graft BASE TUNED --select ---------------------------------------------------------
 
 def _cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    code, out, err = cli(args, capsys)
+    return code, out + err
 
 
 @pytest.fixture

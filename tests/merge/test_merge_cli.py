@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from taskloc.cli import main
+from conftest import cli
 from taskloc.deltas import global_topk_mask
 from taskloc.merge import groups_of, merge_models
 
@@ -17,13 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 
 def _cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return cli(args, capsys)
 
 
 def _one_line_error(code, err, pattern):
