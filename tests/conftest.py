@@ -14,15 +14,3 @@ def tiny_model() -> TinyLM:
     torch.manual_seed(0)
     return TinyLM(ModelConfig(vocab_size=VOCAB_SIZE, n_layer=2, n_head=2, d_model=32, d_mlp=64, block_size=64)).eval()
 
-
-def cli(args, capsys) -> tuple[int, str, str]:
-    """Run the taskloc CLI in-process: (exit code, stdout, stderr)."""
-    from taskloc.cli import main
-
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr()
-    return code, out.out, out.err

@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import cli
+from cli_runner import cli
 from taskloc.deltas import GRID, concentration_curve, delta_stats, global_topk_mask, parse_top
 from taskloc.deltas.analysis import analyse
 from taskloc.deltas.selection import MaskSink

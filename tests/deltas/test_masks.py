@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import cli
+from cli_runner import cli
 from taskloc.deltas.learned import loss_gradient, task_loss
 from taskloc.deltas.masks import SELECTORS, apply_mask, count_of, deltas_of, rule_scale, select
 from taskloc.errors import CheckpointError, ConfigError, UnknownNameError

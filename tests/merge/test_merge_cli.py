@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import cli
+from cli_runner import cli
 from taskloc.deltas import global_topk_mask
 from taskloc.merge import groups_of, merge_models
 
