@@ -428,8 +428,7 @@ class WeightDeltaStudy(Study):
                 pts = sorted((r for r in primary if r["selector"] == name), key=lambda r: r["k"])
                 if pts:
                     series.append({"label": name, "x": [100 * p["k"] for p in pts], "y": [p[m]["mean"] for p in pts],
-                                   "lo": [p[m]["lo"] for p in pts], "hi": [p[m]["hi"] for p in pts],
-                                   **({"style": "o"} if len(pts) == 1 else {})})
+                                   "lo": [p[m]["lo"] for p in pts], "hi": [p[m]["hi"] for p in pts]})  # one k: a marker
             result.figures.append(lines_figure(
                 f"grafting-{m}", f"Grafting ({cfg.regimes[0]}): {MEASURE_NAMES[m]} kept", "k (% of all weights taken from the delta)",
                 "share of the fine-tune's gain kept", series, logx=True,
