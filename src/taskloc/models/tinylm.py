@@ -107,16 +107,15 @@ class Attention(nn.Module):
         mask broadcasting to (B, H, T, T_past + T), e.g. padding (the causal rule is always on)."""
         b, t, d = x.shape
         h, dh = self.n_head, d // self.n_head
-        qkv = self.qkv(x)  # (B, T, 3D): q, k, v side by side, heads side by side within each
+        # Split as nanoGPT does: each backward is one concatenation into the projection's layout.
+        qk, v = self.qkv(x).split((2 * d, d), dim=-1)  # (B, T, 2D), (B, T, D)
+        qk = qk.view(b, t, 2 * h, dh)  # q's heads, then k's
         if self.rope:
             start = past[0].shape[2] if past is not None else 0
             turns = torch.view_as_complex(self.rope_table[start : start + t].float())[:, None]  # (T, 1, Dh/2)
-            # q and k rotated in one call, in the projection's own layout: (B, T, 2H, Dh).
-            qk = apply_rotary(qkv[..., : 2 * d].view(b, t, 2 * h, dh), turns)
-            q, k = qk.view(b, t, 2, h, dh).permute(2, 0, 3, 1, 4)  # 2 x (B, H, T, Dh)
-            v = qkv[..., 2 * d :].view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
-        else:
-            q, k, v = qkv.view(b, t, 3, h, dh).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, Dh)
+            qk = apply_rotary(qk, turns)  # q and k in one call
+        q, k = (z.transpose(1, 2) for z in qk.split(h, dim=2))  # 2 x (B, H, T, Dh)
+        v = v.view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T, Dh)
             v = torch.cat([past[1], v], dim=2)
