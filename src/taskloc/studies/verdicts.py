@@ -78,13 +78,15 @@ def _get(estimates: Mapping[str, Estimate], name: str) -> Estimate | None:
 
 
 @dataclass(frozen=True)
-class Above:
-    """Supported when the whole interval of ``name`` lies above ``threshold``; not supported when
-    the whole interval lies at or below it; inconclusive when it straddles the threshold."""
+class _Bound:
+    """An interval against a threshold on one side: supported when the whole interval lies beyond
+    ``threshold``; not supported when it lies wholly at or on the other side; inconclusive when it
+    straddles the threshold."""
 
     name: str
     threshold: float
     label: str = ""
+    above: ClassVar[bool]
 
     def _label(self) -> str:
         return self.label or self.name
@@ -95,53 +97,35 @@ class Above:
             return Decision(INCONCLUSIVE, f"{self._label()}: no interval")
         lo, hi = e.interval
         text = f"{self._label()} {e.value:.3g} [{lo:.3g}, {hi:.3g}]"
-        if lo > self.threshold:
-            return Decision(SUPPORTED, f"{text} > {self.threshold:g}")
-        if hi <= self.threshold:
-            return Decision(NOT_SUPPORTED, f"{text} <= {self.threshold:g}")
+        beyond, behind = (lo, hi) if self.above else (-hi, -lo)  # mirror 'below' onto 'above'
+        t = self.threshold if self.above else -self.threshold
+        yes, no = (">", "<=") if self.above else ("<", ">=")
+        if beyond > t:
+            return Decision(SUPPORTED, f"{text} {yes} {self.threshold:g}")
+        if behind <= t:
+            return Decision(NOT_SUPPORTED, f"{text} {no} {self.threshold:g}")
         return Decision(INCONCLUSIVE, f"{text} straddles {self.threshold:g}")
 
     def describe(self) -> str:
-        return f"the interval of {self._label()} lies above {self.threshold:g}"
+        return f"the interval of {self._label()} lies {'above' if self.above else 'below'} {self.threshold:g}"
 
     def against(self) -> str:
-        return f"the interval of {self._label()} lies at or below {self.threshold:g}"
+        return f"the interval of {self._label()} lies at or {'below' if self.above else 'above'} {self.threshold:g}"
 
     def names(self) -> list[str]:
         return [self.name]
 
 
-@dataclass(frozen=True)
-class Below:
-    """The mirror of ``Above``: supported when the whole interval lies below ``threshold``."""
+class Above(_Bound):
+    """Supported when the whole interval of ``name`` lies above ``threshold``."""
 
-    name: str
-    threshold: float
-    label: str = ""
+    above = True
 
-    def _label(self) -> str:
-        return self.label or self.name
 
-    def decide(self, estimates: Mapping[str, Estimate]) -> Decision:
-        e = _get(estimates, self.name)
-        if e is None:
-            return Decision(INCONCLUSIVE, f"{self._label()}: no interval")
-        lo, hi = e.interval
-        text = f"{self._label()} {e.value:.3g} [{lo:.3g}, {hi:.3g}]"
-        if hi < self.threshold:
-            return Decision(SUPPORTED, f"{text} < {self.threshold:g}")
-        if lo >= self.threshold:
-            return Decision(NOT_SUPPORTED, f"{text} >= {self.threshold:g}")
-        return Decision(INCONCLUSIVE, f"{text} straddles {self.threshold:g}")
+class Below(_Bound):
+    """Supported when the whole interval of ``name`` lies below ``threshold``."""
 
-    def describe(self) -> str:
-        return f"the interval of {self._label()} lies below {self.threshold:g}"
-
-    def against(self) -> str:
-        return f"the interval of {self._label()} lies at or above {self.threshold:g}"
-
-    def names(self) -> list[str]:
-        return [self.name]
+    above = False
 
 
 @dataclass(frozen=True)
