@@ -213,6 +213,11 @@ def cores(
         console.print(f"json: {json_out}")
 
 
+from .steering.command import steer_app  # noqa: E402 (typer only; the verbs import torch lazily)
+
+app.add_typer(steer_app, name="steer")
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
