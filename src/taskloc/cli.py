@@ -102,6 +102,31 @@ def sites(
     describe_sites(model, prompt, device, allow_pickle=allow_pickle)
 
 
+@app.command()
+def activations(
+    model: Path = typer.Argument(..., help="a taskloc run directory or model .safetensors, or a local Hugging Face folder with its tokenizer"),
+    prompts: Path = typer.Option(..., help="JSONL, one object per line: text, difficulty (a number), optional label (familiar/unfamiliar)"),
+    sites: list[str] = typer.Option([], "--sites", help="hook sites or glob patterns (repeatable; default blocks.*.hook_resid_post); see `taskloc sites`"),
+    out: Path | None = typer.Option(None, help="directory for activations.json and activations.html"),
+    convention: str = typer.Option("taskloc", help="metric convention: taskloc (ours) | paper (the authors' code)"),
+    batch_size: int = typer.Option(16, help="prompts per forward pass"),
+    levels: int = typer.Option(8, help="at most this many difficulty levels (more distinct values are binned by quantile)"),
+    all_tokens: bool = typer.Option(True, "--all-tokens/--last-token-only", help="also profile every real token (slower)"),
+    permutations: int = typer.Option(1000, help="permutations for each Spearman p-value"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
+) -> None:
+    """Sparsity of activations by difficulty: per-site metrics with bootstrap intervals, Spearman
+    correlation with difficulty, and the sites and hidden dimensions that change most."""
+    from .activations.command import run_activations
+
+    run_activations(model, prompts, sites=sites or None, out=out, device=device, convention=convention,
+                    batch_size=batch_size, levels=levels, all_tokens=all_tokens, permutations=permutations,
+                    allow_pickle=allow_pickle)
+    if out is not None:
+        console.print(f"json: {out / 'activations.json'}\nhtml: {out / 'activations.html'}")
+
+
 # --- checkpoint verbs (delta, graft, merge, ...) are added below this line ---
 
 

@@ -79,7 +79,10 @@ class RunningMoments:
         self.m2: torch.Tensor | None = None  # (D,)
 
     def update(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-        rows = select_tokens(x, mask, self.last_token)  # (N, D)
+        self.add_rows(select_tokens(x, mask, self.last_token))
+
+    def add_rows(self, rows: torch.Tensor) -> None:
+        """Fold in rows already selected (N, D) float64, e.g. by a reducer that also reads them."""
         if rows.shape[0] == 0:
             return
         mean = rows.mean(0)
