@@ -1,5 +1,6 @@
 """Study registry; importing this package registers every built-in study."""
-from . import base_model, weight_delta  # noqa: F401  (registration)
+from . import base_model, sparsity_emergence, weight_delta  # noqa: F401  (registration)
+from . import activation_difficulty  # noqa: F401  (registration)
 from .base import STUDIES, Claim, Precondition, Study, StudyResult
 
 __all__ = ["STUDIES", "Claim", "Precondition", "Study", "StudyResult"]
