@@ -34,26 +34,24 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..activations.reducers import LastTokenScalars
+from ..activations.lasttoken import last_token_metrics
 from ..config import Config, field
 from ..errors import ConfigError
-from ..hooks import capture, resolve_sites
+from ..hooks import resolve_sites
 from ..metrics import metric_profile
 from ..models import ModelConfig, TinyLM
-from ..models.codec import codec_of
 from ..tasks import Example, get_task
 from ..tasks.mixture import TaskMixture, eval_examples
-from ..tasks.scoring import exact_match
 from ..train import TrainConfig, checkpoint_step, train
 from .base import STUDIES, Study, StudyResult, bars_figure, decide_claim, lines_figure
 from .cache import CHECKPOINT, JSON
 from .context import TRAINING_CODE, StudyContext
 from .stats import binomial_tail, t_interval
-from .verdicts import Above, AllOf, Below, Estimate, Rule
+from .verdicts import NOT_SUPPORTED, SUPPORTED, Above, AllOf, AnyOf, Below, Estimate, FirstOf, Rule
 
 # What produces a trajectory: the training code, this module (the measurement) and what it calls.
 MEASURING_CODE = TRAINING_CODE + ("taskloc.studies.sparsity_emergence", "taskloc.metrics", "taskloc.hooks",
-                                  "taskloc.activations.reducers", "taskloc.tasks.scoring")
+                                  "taskloc.activations.reducers", "taskloc.activations.lasttoken")
 SETS = ("familiar", "ood", "held-out")
 UNFAMILIAR = ("ood", "held-out")
 SET_NAMES = {"familiar": "familiar (trained tasks, trained levels)", "ood": "OOD levels of trained tasks",
@@ -130,11 +128,19 @@ class SparsityEmergenceConfig(Config):
 
 
 # -- the rules that decide C2 ---------------------------------------------------------------------
-def learned_rule(margin: float) -> AllOf:
-    """Learned, not intrinsic: a gap at the end, grown by training, absent at initialisation."""
-    return AllOf(Above("final", 0.0, "standardised gap at the last step"),
-                 Above("learned", 0.0, "standardised gap, last step minus step 0 (paired by seed)"),
-                 Above("init", -margin, "standardised gap at step 0"), Below("init", margin, "standardised gap at step 0"))
+def learned_rule(margin: float) -> FirstOf:
+    """Learned, not intrinsic: a gap at the end, grown by training, absent at initialisation; or
+    which way it fails (the labels name the case the estimates fit)."""
+    init = ("init", "standardised gap at step 0")
+    final = ("final", "standardised gap at the last step")
+    return FirstOf(
+        ("learned: absent at initialisation, grown by training", SUPPORTED,
+         AllOf(Above(final[0], 0.0, final[1]), Above("learned", 0.0, "standardised gap, last step minus step 0 (paired by seed)"),
+               Above(init[0], -margin, init[1]), Below(init[0], margin, init[1]))),
+        ("intrinsic: already present at initialisation", NOT_SUPPORTED,
+         AnyOf(Above(init[0], margin, init[1]), Below(init[0], -margin, init[1]))),
+        ("reversed: familiar prompts sparser after training", NOT_SUPPORTED, Below(final[0], 0.0, final[1])),
+        ("absent: no gap after training", NOT_SUPPORTED, AllOf(Above(final[0], -margin, final[1]), Below(final[0], margin, final[1]))))
 
 
 U_RULE = AllOf(Above("rise", 0.0, "familiar sparsity, peak minus step 0"), Above("fall", 0.0, "familiar sparsity, peak minus last step"))
@@ -145,30 +151,6 @@ def init_model(model_cfg: ModelConfig, seed: int, device: torch.device | str = "
     """A freshly initialised TinyLM: what step 0 of the run with ``seed`` measures."""
     torch.manual_seed(seed)
     return TinyLM(model_cfg).to(device)
-
-
-def prompt_mask(answer_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) True up to and including the last prompt token. ``pack`` marks the answer from the
-    position whose input is the last prompt token, so that position is the first True of the
-    answer mask; causal attention keeps the answer tokens after it out of its hidden state."""
-    first = answer_mask.to(torch.int8).argmax(dim=1)  # (B,): every answer holds at least its EOS
-    return torch.arange(answer_mask.shape[1], device=answer_mask.device)[None, :] <= first[:, None]
-
-
-@torch.no_grad()
-def last_token_metrics(model: torch.nn.Module, examples: list[Example], sites: list[str], convention: str,
-                       batch_size: int = 256) -> dict[str, dict[str, np.ndarray]]:
-    """{site: {metric: (N,)}}: metric_profile of each prompt's last-token value at each site."""
-    codec, device = codec_of(model), next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with capture(model, sites, reducer=lambda: LastTokenScalars(partial(metric_profile, convention=convention))) as red:
-        for i in range(0, len(examples), batch_size):
-            inputs, _, answer = codec.encode_batch([(e.prompt, e.target) for e in examples[i:i + batch_size]])
-            red.mask = prompt_mask(answer).to(device)
-            model(inputs.to(device))
-    model.train(was_training)
-    return {site: {k: v.numpy() for k, v in red[site].scalars().items()} for site in sites}
 
 
 def summarise(values: dict[str, dict[str, np.ndarray]], half: np.ndarray) -> dict[str, dict[str, list[float]]]:
@@ -218,12 +200,13 @@ def trajectory(plan: Plan, seed: int, folder: Path | None = None, device: torch.
     halves = {name: np.random.default_rng([seed, len(p), 4242]).permutation(len(p)) < len(p) // 2 for name, p in prompts.items()}
     wanted = set(plan.steps)
 
+    profile = partial(metric_profile, convention=plan.convention)
+
     def measure(model: torch.nn.Module) -> dict[str, Any]:
         sets = {}
         for name, examples in prompts.items():
-            values = last_token_metrics(model, examples, plan.sites, plan.convention)
-            sets[name] = {"accuracy": float(exact_match(model, examples).double().mean()), "n": len(examples),
-                          "stats": summarise(values, halves[name])}
+            run = last_token_metrics(model, [(e.prompt, e.target) for e in examples], plan.sites, profile)
+            sets[name] = {"accuracy": float(run.correct.mean()), "n": len(examples), "stats": summarise(run.metrics, halves[name])}
         return {"sets": sets}
 
     model = init_model(plan.model, seed, device)
