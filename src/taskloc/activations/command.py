@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -121,27 +122,36 @@ def _localisation_table(doc: dict[str, Any]) -> Table:
 # -- HTML ------------------------------------------------------------------------------------------
 
 
-def _x_axis(doc: dict[str, Any]) -> tuple[list[float], str]:
-    layers = [s["layer"] for s in doc["sites"]]
-    if all(layer is not None for layer in layers) and len(set(layers)) == len(layers):
-        return layers, "layer"
-    return list(range(len(layers))), "site (in the order of the tables)"
+def _short(site: str) -> str:
+    """blocks.3.hook_resid_post -> L3 resid_post; ln_final.hook_normalized -> ln_final.normalized."""
+    return re.sub(r"^blocks\.(\d+)\.", r"L\1 ", site).replace("hook_", "")
+
+
+def _kinds(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Sites grouped by kind (blocks.*.hook_resid_post), so each curve runs over layers of one kind."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for s in doc["sites"]:
+        out.setdefault(re.sub(r"^blocks\.\d+\.", "blocks.*.", s["site"]), []).append(s)
+    return out
 
 
 def figures(doc: dict[str, Any], mode: str = "last") -> list[dict[str, Any]]:
-    x, xlabel = _x_axis(doc)
     where = doc["modes"][mode]
     out = []
-    for metric in _headline(doc):
-        series = []
-        for i, lv in enumerate(doc["prompts"]["levels"]):
-            recs = [s["modes"][mode][metric]["by_level"][i] for s in doc["sites"]]
-            series.append({"label": f"difficulty {lv['level']}", "x": x, "y": [r["mean"] for r in recs],
-                           "lo": [r["lo"] for r in recs], "hi": [r["hi"] for r in recs]})
-        out.append(lines_figure(f"{metric}-{mode}", f"{metric} by difficulty", xlabel, metric, series,
-                                caption=f"Mean over prompts at {where}, with {doc['interval']['nominal']:.0%} bootstrap bands "
-                                        f"(nominal; honest for about 20+ prompts per level)."))
-    cats = [s["site"] for s in doc["sites"]]
+    for kind, sites in _kinds(doc).items():
+        layered = all(s["layer"] is not None for s in sites)
+        x = [s["layer"] for s in sites] if layered else list(range(len(sites)))
+        for metric in _headline(doc):
+            series = []
+            for i, lv in enumerate(doc["prompts"]["levels"]):
+                recs = [s["modes"][mode][metric]["by_level"][i] for s in sites]
+                series.append({"label": f"difficulty {lv['level']}", "x": x, "y": [r["mean"] for r in recs],
+                               "lo": [r["lo"] for r in recs], "hi": [r["hi"] for r in recs]})
+            out.append(lines_figure(f"{metric}-{mode}-{kind}", f"{metric} by difficulty: {kind}", "layer" if layered else "site",
+                                    metric, series,
+                                    caption=f"Mean over prompts at {where}, with {doc['interval']['nominal']:.0%} bootstrap "
+                                            "bands (nominal; honest for about 20+ prompts per level)."))
+    cats = [_short(s["site"]) for s in doc["sites"]]
     out.append(bars_figure(f"spearman-{mode}", "Spearman rho with difficulty", cats,
                            [{"label": m, "values": [s["modes"][mode][m]["spearman"]["rho"] for s in doc["sites"]]}
                             for m in _headline(doc)], "rho", ylim=(-1, 1),
