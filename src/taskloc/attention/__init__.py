@@ -22,3 +22,10 @@ __all__ = [
     "grouped_values",
     "kv_groups",
 ]
+
+from .flops import FlopLedger, causal_pairs
+from .patterns import PATTERNS, PatternSpec, Selection, select
+from .sparse import SparseAttention, sparse_kernel
+
+__all__ += ["PATTERNS", "FlopLedger", "PatternSpec", "Selection", "SparseAttention", "causal_pairs", "select",
+            "sparse_kernel"]

@@ -1,0 +1,225 @@
+"""Sparse attention patterns: density 1 is dense attention (prefill, decode with and without a KV
+cache); each pattern's attended set equals a mask rebuilt naively, loop by loop, from the
+pattern's definition; the kernels attend exactly that set; bad settings are one-line errors."""
+import math
+
+import pytest
+import torch
+
+from taskloc.attention import ATTENTION, FlopLedger, PatternSpec, SparseAttention, dense_attention, select, sparse_kernel
+from taskloc.errors import ConfigError, TasklocError, UnknownNameError
+from taskloc.hooks import HookPoint
+from taskloc.models import TinyLM
+from taskloc.models.tinylm import ModelConfig
+
+NAMES = ["sliding-window", "block-sparse", "vertical-slash", "top-k", "quest"]
+SETTINGS = dict(block=8, sinks=2, last_q=4, page=4)
+
+
+def qkv(t_q, t_k, h_kv=2, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 4, t_q, 8, generator=g, dtype=dtype)
+    k = torch.randn(2, h_kv, t_k, 8, generator=g, dtype=dtype)
+    v = torch.randn(2, h_kv, t_k, 6, generator=g, dtype=dtype)
+    return q, k, v
+
+
+def masked_reference(q, k, v, allowed):
+    """Softmax attention restricted to ``allowed`` (B, H, Tq, Tk), heads repeated for GQA."""
+    h = q.shape[1]
+    k, v = k.repeat_interleave(h // k.shape[1], 1), v.repeat_interleave(h // v.shape[1], 1)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * q.shape[-1] ** -0.5
+    return torch.softmax(scores.masked_fill(~allowed, -math.inf), -1) @ v
+
+
+def budget(cands, density):
+    """Naive fixed_budget: try every k, keep the one whose total is nearest the target."""
+    target = density * sum(cands)
+    totals = {kk: sum(min(c, kk) for c in cands) for kk in range(1, max(cands) + 1)}
+    return min(totals, key=lambda kk: (abs(totals[kk] - target), -kk if totals[kk] >= target else kk))
+
+
+def top(scores, cands, k_, forced=()):
+    """The k_ best candidate indices by score, forced ones first."""
+    ranked = sorted(cands, key=lambda j: (j not in forced, -scores[j]))
+    return set(ranked[:k_])
+
+
+def naive_mask(name, density, q, k):
+    """The attended set (B, H, Tq, Tk) from each pattern's definition, one row at a time."""
+    b_, h_, t_q, d = q.shape
+    t_k = k.shape[2]
+    kk = k.repeat_interleave(h_ // k.shape[1], 1)
+    out = torch.zeros(b_, h_, t_q, t_k, dtype=torch.bool)
+    pos = [t_k - t_q + i for i in range(t_q)]
+    bs, sinks, page = SETTINGS["block"], SETTINGS["sinks"], SETTINGS["page"]
+    for b in range(b_):
+        for h in range(h_):
+            if name == "sliding-window":
+                cands = [p + 1 for p in pos]
+                totals = {w: sum(min(c, w) + min(sinks, max(0, c - w)) for c in cands) for w in range(1, t_k + 1)}
+                w = min(w for w in totals if totals[w] >= density * sum(cands))
+                for i, p in enumerate(pos):
+                    for j in range(p + 1):
+                        out[b, h, i, j] = j < sinks or p - j < w
+            elif name == "top-k":
+                kq = budget([p + 1 for p in pos], density)
+                for i, p in enumerate(pos):
+                    s = {j: float(q[b, h, i] @ kk[b, h, j]) for j in range(p + 1)}
+                    for j in top(s, list(s), kq):
+                        out[b, h, i, j] = True
+            elif name == "block-sparse":
+                rows = min(bs, t_q)
+                groups = [list(range(r, min(r + rows, t_q))) for r in range(0, t_q, rows)]
+                n_blocks = math.ceil(t_k / bs)
+                kmean = [kk[b, h, j * bs : (j + 1) * bs].mean(0) for j in range(n_blocks)]
+                cands = [[j for j in range(n_blocks) if j * bs <= pos[g[-1]]] for g in groups]
+                kb = budget([len(c) for c in cands], density)
+                for g, cs in zip(groups, cands):
+                    qmean = q[b, h, g].mean(0)
+                    s = {j: float(qmean @ kmean[j]) for j in cs}
+                    chosen = top(s, cs, max(kb, 2), forced={0, pos[g[-1]] // bs})
+                    for i in g:
+                        for j in range(pos[i] + 1):
+                            out[b, h, i, j] = j // bs in chosen
+            elif name == "quest":
+                n_pages = math.ceil(t_k / page)
+                kq = budget([pos[i] // page + 1 for i in range(t_q)], density)
+                for i, p in enumerate(pos):
+                    s = {}
+                    for pg in range(p // page + 1):
+                        keys = kk[b, h, pg * page : (pg + 1) * page]
+                        lo, hi = keys.min(0).values, keys.max(0).values
+                        s[pg] = float(torch.maximum(q[b, h, i] * lo, q[b, h, i] * hi).sum())
+                    chosen = top(s, list(s), kq, forced={p // page})
+                    assert n_pages >= len(s)
+                    for j in range(p + 1):
+                        out[b, h, i, j] = j // page in chosen
+            elif name == "vertical-slash":
+                n_last = min(SETTINGS["last_q"], t_q)
+                col, diag = [0.0] * t_k, [0.0] * t_k
+                for i in range(t_q - n_last, t_q):
+                    p = pos[i]
+                    s = torch.tensor([float(q[b, h, i] @ kk[b, h, j]) * d**-0.5 for j in range(p + 1)])
+                    w = torch.softmax(s, 0)
+                    for j in range(p + 1):
+                        col[j] += float(w[j])
+                        diag[p - j] += float(w[j])
+                kq = budget([p + 1 for p in pos], density)
+                n_vert, n_slash = max(kq // 2, min(sinks, t_k)), max(1, kq - kq // 2)
+                verts = top(dict(enumerate(col)), list(range(t_k)), n_vert, forced=set(range(sinks))) if n_vert else set()
+                slashes = top(dict(enumerate(diag)), list(range(t_k)), n_slash, forced={0})
+                for i, p in enumerate(pos):
+                    for j in range(p + 1):
+                        out[b, h, i, j] = j in verts or (p - j) in slashes
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("t_q, t_k, density", [(32, 32, 0.5), (32, 32, 0.2), (32, 32, 0.05), (1, 29, 0.2),
+                                               (1, 29, 0.05), (3, 32, 0.2)])
+def test_attended_set_matches_naive_mask_and_kernel_attends_it(name, t_q, t_k, density):
+    q, k, v = qkv(t_q, t_k)
+    spec = PatternSpec(name, density, **SETTINGS)
+    expected = naive_mask(name, density, q, k)
+    assert torch.equal(select(spec, q, k).allowed(), expected)
+    reference = masked_reference(q, k, v, expected)
+    ledger = FlopLedger()
+    for backend_ledger in (None, ledger):
+        out = SparseAttention(spec, "gather", backend_ledger)(q, k, v, HookPoint())
+        torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+    assert ledger.attended == int(expected.sum()) and ledger.computed >= ledger.attended
+    assert ledger.dense == int(torch.ones(t_q, t_k).tril(t_k - t_q).sum()) * 8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_hook_sees_the_sparse_pattern_and_edits_it(name):
+    q, k, v = qkv(32, 32)
+    spec = PatternSpec(name, 0.25, **SETTINGS)
+
+    class Recorder:
+        active, seen = True, None
+
+        def __call__(self, p):
+            self.seen = p
+            return p
+
+    site = Recorder()
+    out = sparse_kernel(name, 0.25, **SETTINGS)(q, k, v, site)
+    allowed = select(spec, q, k).allowed()
+    assert torch.all(site.seen[~allowed] == 0) and torch.allclose(site.seen.sum(-1), torch.ones(2, 4, 32, dtype=q.dtype))
+    torch.testing.assert_close(out, masked_reference(q, k, v, allowed), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("t_q, t_k", [(32, 32), (1, 29), (4, 29)])
+def test_density_one_is_dense_attention(name, t_q, t_k):
+    q, k, v = qkv(t_q, t_k, dtype=torch.float32)
+    for site in (HookPoint(),):
+        out = sparse_kernel(name, 1.0, **SETTINGS)(q, k, v, site)
+        torch.testing.assert_close(out, dense_attention(q, k, v, site), rtol=0, atol=1e-6)
+
+
+def _model(kernel) -> TinyLM:
+    torch.manual_seed(0)
+    model = TinyLM(ModelConfig(vocab_size=20, block_size=48, n_layer=2, n_head=2, d_model=16, d_mlp=32)).eval()
+    for block in model.blocks:
+        block.attn.kernel = kernel
+    return model
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_density_one_model_prefill_and_decode_with_and_without_cache(name):
+    idx = torch.randint(0, 20, (2, 40), generator=torch.Generator().manual_seed(1))
+    dense, sparse = _model(ATTENTION.get("dense")), _model(sparse_kernel(name, 1.0, **SETTINGS))
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(idx[:, :32]), dense(idx[:, :32]), rtol=0, atol=1e-6)  # prefill
+        _, cache_s = sparse(idx[:, :32], return_cache=True)
+        _, cache_d = dense(idx[:, :32], return_cache=True)
+        for t in range(32, 40):  # decode with the cache, one token at a time
+            ls, cache_s = sparse(idx[:, t : t + 1], cache=cache_s, return_cache=True)
+            ld, cache_d = dense(idx[:, t : t + 1], cache=cache_d, return_cache=True)
+            torch.testing.assert_close(ls, ld, rtol=0, atol=1e-6)
+        for t in (33, 37, 40):  # decode without a cache: every step re-reads the whole prefix
+            torch.testing.assert_close(sparse(idx[:, :t])[:, -1], dense(idx[:, :t])[:, -1], rtol=0, atol=1e-6)
+        assert torch.equal(sparse.generate(idx[:, :32], 8), dense.generate(idx[:, :32], 8))
+
+
+def test_sparse_decode_uses_the_pattern_with_the_cache():
+    # Below density 1 the cached decode step attends the pattern's keys, not all of them.
+    idx = torch.randint(0, 20, (2, 40), generator=torch.Generator().manual_seed(1))
+    ledger = FlopLedger()
+    kernel = sparse_kernel("quest", 0.25, **SETTINGS)
+    kernel.ledger = ledger
+    model = _model(kernel)
+    with torch.no_grad():
+        _, cache = model(idx[:, :39], return_cache=True)
+        ledger.__init__()
+        model(idx[:, 39:], cache=cache)
+    assert 0 < ledger.density < 0.5 and ledger.queries == 2 * 2 * 2  # 2 layers x batch 2 x 2 heads
+
+
+def test_registered_names_serve_model_configs():
+    assert {f"sparse:{n}" for n in NAMES} <= set(ATTENTION.names())
+    ModelConfig(attention="sparse:quest")  # validates
+
+
+@pytest.mark.parametrize("density", [0, -0.5, 1.5, float("nan"), True])
+def test_density_outside_unit_interval_is_one_line(density):
+    with pytest.raises(ConfigError, match=r"density=.* must lie in \(0, 1\]") as exc:
+        PatternSpec("quest", density).check()
+    assert "\n" not in str(exc.value)
+
+
+def test_unknown_pattern_suggests_the_nearest():
+    with pytest.raises(UnknownNameError, match="Did you mean 'block-sparse'") as exc:
+        sparse_kernel("block-sprase", 0.5)
+    assert isinstance(exc.value, TasklocError) and "\n" not in str(exc.value)
+
+
+def test_block_that_does_not_divide_the_prefill_is_refused():
+    q, k, v = qkv(30, 30)
+    for name in ("block-sparse", "vertical-slash"):
+        with pytest.raises(ConfigError, match="block=8 does not divide the sequence length 30"):
+            sparse_kernel(name, 0.5, **SETTINGS)(q, k, v, HookPoint())
+    sparse_kernel("block-sparse", 0.5, **SETTINGS)(q[:, :, -1:], k, v, HookPoint())  # decode: a ragged tail is fine
