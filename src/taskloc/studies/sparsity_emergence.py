@@ -385,9 +385,9 @@ def analyse(runs: list[dict[str, Any]], plan: Plan, cfg: SparsityEmergenceConfig
     # per layer: the final and initial gap at every site
     layer_series = []
     for name in unfamiliar:
+        per_site = np.stack([standardised_gap(runs, name, s, cfg.metric) for s in plan.sites], axis=1)  # (seeds, sites, steps)
         for j, when in ((-1, "last step"), (0, "step 0")):
-            values = np.asarray([[standardised_gap(runs, name, s, cfg.metric)[k, j] for s in plan.sites] for k in range(len(runs))])
-            mean, lo, hi = band(values, level)
+            mean, lo, hi = band(per_site[:, :, j], level)
             layer_series.append({"label": f"{SET_NAMES[name]}, {when}", "x": list(range(len(plan.sites))), "y": mean, "lo": lo, "hi": hi,
                                  "style": "-" if j == -1 else ":"})
     result.figures.append(lines_figure("layers", f"Standardised {cfg.metric} gap by layer", "layer (site index)", "standardised gap",
