@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from taskloc.cli import main
+from taskloc.steering.vector import SteeringVector
 from taskloc.studies.base import StudyResult
 from taskloc.studies.steering_compression import (
     Outcome,
@@ -20,7 +21,6 @@ from taskloc.studies.steering_compression import (
     random_like,
     verbose_text,
 )
-from taskloc.steering.vector import SteeringVector
 
 
 def test_style_mixed_task_has_no_style_signal_and_the_asked_mix():
