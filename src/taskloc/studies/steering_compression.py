@@ -368,9 +368,10 @@ class SteeringCompressionStudy(Study):
             f"{cfg.p_verbose:g} (levels {levels}). Vector: {cfg.n_pairs} pairs, layer {layer} of {n_layer} (fixed in advance: "
             f"the middle-late block), method '{cfg.method}', norm {vec.norm:.3g}; gamma {gamma:.3g} from a KL budget of "
             f"{cfg.kl_budget:g} nats (mean KL {cal.kl:.3g}). {len(held_out)} held-out problems, none of them a pair's. "
-            f"Intervals: t over problems (nominal = achieved {cfg.level:.0%} for the mean over problems, by the central limit "
-            "theorem at this size) and Wilson for accuracies; they cover problem sampling for this one fine-tune and pair draw, "
-            "not other fine-tunes or pair sets."))
+            f"Intervals: t over problems (nominal {cfg.level:.0%}; for means of {len(held_out)} bounded per-problem values the "
+            "coverage is close to nominal by the central limit theorem, not exact) and Wilson for accuracies; they cover problem "
+            "sampling for this one fine-tune and pair draw, not other fine-tunes or pair sets (the pairs sweep shows how much "
+            "the pair draw matters)."))
         return result
 
     # -- parts -----------------------------------------------------------------------------------
