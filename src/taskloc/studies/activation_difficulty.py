@@ -437,6 +437,14 @@ class ActivationDifficultyStudy(Study):
             met_series.append({"label": name, "x": d.levels, "y": (100 * cum).tolist()})
         result.tables.append({"title": f"Accuracy / mean {metric} at {site}, per task and level (paired items, all item sets)",
                               "columns": ["task"] + [f"L{lv}" for lv in all_levels], "rows": rows})
+        # every site next to accuracy: the mean over tasks of each task's mean at that level
+        by_level = [["exact match"] + [f"{np.mean([d.correct[..., d.levels.index(lv)].mean() for d in data.values() if lv in d.levels]):.2f}"
+                                       for lv in all_levels]]
+        for s in next(iter(data.values())).values:
+            by_level.append([s] + [f"{np.mean([d.values[s][metric][..., d.levels.index(lv)].mean() for d in data.values() if lv in d.levels]):.4f}"
+                                   for lv in all_levels])
+        result.tables.append({"title": f"Mean {metric} at every site by level (mean over tasks), with exact match",
+                              "columns": ["site"] + [f"L{lv}" for lv in all_levels], "rows": by_level})
         result.figures.append(lines_figure("accuracy-by-level", "Exact match on the paired items, by level", "level", "exact match",
                                            acc_series, ylim=(-0.02, 1.02)))
         result.figures.append(lines_figure(
