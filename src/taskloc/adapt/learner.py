@@ -77,8 +77,10 @@ def prompt_scorer(model: LanguageModel, examples: list[Example]) -> Callable[[li
     """Per-example scores of prompts for the search: the answer's mean log-likelihood (minus the
     per-token cross-entropy), continuous so that prompts can win on single examples. (P,) -> (P, N)."""
     def score(prompts: list[str]) -> np.ndarray:
-        rows = [-skill_scores(model, prefixed(examples, p))["loss"].numpy() for p in prompts]
-        return np.stack(rows) if rows else np.zeros((0, len(examples)))
+        if not prompts:
+            return np.zeros((0, len(examples)))
+        every = [e for p in prompts for e in prefixed(examples, p)]  # all prompts in one pass: (P * N) rows
+        return -skill_scores(model, every)["loss"].numpy().reshape(len(prompts), len(examples))
     return score
 
 

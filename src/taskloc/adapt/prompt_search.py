@@ -31,13 +31,13 @@ TASK_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzACHQRST:+-=>,|[]"
 @dataclass
 class PromptSearchConfig(Config):
     population: int = field(6, "prompts kept between generations (the Pareto front fills it first)")
-    children: int = field(6, "new prompts proposed per generation")
+    children: int = field(4, "new prompts proposed per generation")
     generations: int = field(2, "generations per prompt phase")
     length: int = field(6, "longest prompt prefix, in characters")
     mutation: float = field(0.3, "per-position chance that a child's character is replaced, inserted or deleted")
     crossover: float = field(0.5, "chance that a child is spliced from two parents before mutation")
     alphabet: str = field(TASK_ALPHABET, "characters a prompt is made of")
-    examples: int = field(24, "search examples the per-example scores are taken on (training split)")
+    examples: int = field(16, "search examples the per-example scores are taken on (training split)")
 
     def validate(self) -> None:
         for name in ("population", "children", "generations", "length", "examples"):
