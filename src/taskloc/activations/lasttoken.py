@@ -64,6 +64,10 @@ def last_token_metrics(model, pairs: Sequence[tuple[str, str]], sites: list[str]
     """Metrics ``fn`` (default: every C1 metric, both conventions) of the last prompt token at each
     site (glob patterns allowed; an unknown site is a HookError with did-you-mean), per pair.
     A target of "" is fine when only the activations matter (``correct`` then scores the stop token)."""
+    if not pairs:
+        from ..errors import DataError
+
+        raise DataError("no prompts to measure; give at least one (prompt, target) pair.")
     names = resolve_sites(model, sites)
     fn = fn or profile_fn()
     codec = codec_of(model)
