@@ -197,7 +197,7 @@ class FastSlowStudy(Study):
         limit = model.max_context
         if limit is None:
             return
-        longest = "#" * cfg.prompt.length
+        longest = (cfg.prompt.alphabet * cfg.prompt.length)[: cfg.prompt.length]
         width = max(codec_of(model).encode_batch([(longest + e.prompt, e.target) for e in s])[0].shape[1] for s in sets)
         if width > limit:
             raise ConfigError(f"{cfg.key('prompt.length')}={cfg.prompt.length}: a prefix that long plus the longest example needs "
@@ -271,6 +271,11 @@ class FastSlowStudy(Study):
                  "plasticity_gain": [a.plasticity - b.plasticity for a, b in zip(two, slow)],
                  "forgetting_saved": [b.forgetting - a.forgetting for a, b in zip(two, slow)]}
         estimates = {k: _interval([float(v) for v in vals], seeds, cfg.level) for k, vals in diffs.items()}
+        if not any(a > c[0][1] for r in two + slow for c in r.curves for _, a, _ in c[1:]):
+            # neither learner gained accuracy on any task: equal zeros say nothing about speed
+            estimates["speed_gain"] = Estimate(float("nan"), (float("nan"), float("nan")), cfg.level)
+            result.notes.append("Neither parameter learner raised its accuracy on any stream task within its segment, so learning "
+                                "speed was not compared (the speed estimate has no interval and the verdict is inconclusive).")
         result.metrics["paired"] = {k: {"mean": e.value, "lo": e.interval[0], "hi": e.interval[1], "per_seed": [float(v) for v in diffs[k]]}
                                     for k, e in estimates.items()}
         reached = {k: sum(s is not None for r in by[k] for s, _ in r.to_target(cfg.target)) for k in KINDS}
