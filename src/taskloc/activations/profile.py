@@ -71,7 +71,13 @@ class _Batch:
 
 class SiteProfile:
     """The reducer of one site: per-prompt metrics (last token, all-token mean) and the moments of
-    the two extreme levels. ``values[mode]`` is (N, M) float64 in ``metric_names`` order."""
+    the two extreme levels. ``values[mode]`` is (N, M) float64 in ``metric_names`` order.
+
+    ``update`` (in the hook) only selects the rows and folds the moments; the metrics of every
+    site's rows are computed after the pass by ``flush``, in one ``metric_profile`` call for all
+    sites of a width: one call per pass instead of one per site keeps the per-op dispatch cost
+    (dominant for a batch's last tokens) from growing with the number of sites.
+    """
 
     def __init__(self, batch: _Batch, n_prompts: int, convention: str, all_tokens: bool) -> None:
         self.batch = batch
@@ -82,6 +88,8 @@ class SiteProfile:
         self.values: dict[str, np.ndarray] = {}
         self.width = 0
         self.moments = {mode: (RunningMoments(mode == "last"), RunningMoments(mode == "last")) for mode in self.modes}
+        # mode -> (rows (R, D) float64, owner (R,) row's prompt within the batch, prompts in the batch)
+        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
 
     def _store(self, mode: str, per_prompt: torch.Tensor) -> None:
         """per_prompt: (M, B) metrics of this batch's prompts."""
@@ -91,26 +99,40 @@ class SiteProfile:
 
     @torch.no_grad()
     def update(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        b, t, self.width = x.shape
         last = select_tokens(x, mask, last_token=True)  # (B, D) float64
-        prof = metric_profile(last, self.convention)
-        if not self.metric_names:
-            self.metric_names, self.width = list(prof), last.shape[1]
-        self._store("last", torch.stack([prof[k] for k in self.metric_names]))  # (M, B)
-        rows = None
-        if "all" in self.modes:
-            rows = select_tokens(x, mask, last_token=False)  # (N_real, D), row-major over (B, T)
-            b, t = x.shape[:2]
-            owner = torch.arange(b, device=x.device)[:, None].expand(b, t)  # (B, T): which prompt
-            owner = owner.reshape(-1) if mask is None else owner[mask.to(x.device, torch.bool)]  # (N_real,)
-            tok = metric_profile(rows, self.convention)
-            stacked = torch.stack([tok[k] for k in self.metric_names])  # (M, N_real)
-            sums = torch.zeros(len(self.metric_names), b, dtype=torch.float64, device=x.device).index_add_(1, owner, stacked)
-            counts = torch.bincount(owner, minlength=b).to(torch.float64)  # (B,)
-            self._store("all", sums / counts)
+        self.pending["last"] = (last, torch.arange(b, device=x.device), b)
         if self.batch.extreme is not None:
             self.moments["last"][self.batch.extreme].add_rows(last)
-            if rows is not None:
+        if "all" in self.modes:
+            rows = select_tokens(x, mask, last_token=False)  # (N_real, D), row-major over (B, T)
+            owner = torch.arange(b, device=x.device)[:, None].expand(b, t)  # (B, T): which prompt
+            owner = owner.reshape(-1) if mask is None else owner[mask.to(x.device, torch.bool)]  # (N_real,)
+            self.pending["all"] = (rows, owner, b)
+            if self.batch.extreme is not None:
                 self.moments["all"][self.batch.extreme].add_rows(rows)
+
+
+@torch.no_grad()
+def flush(profiles: list[SiteProfile]) -> None:
+    """Metrics of the rows every site read in the last pass, per prompt, into ``values``."""
+    groups: dict[tuple[int, str, str], list[SiteProfile]] = {}
+    for prof in profiles:
+        for mode in prof.pending:
+            groups.setdefault((prof.width, mode, prof.convention), []).append(prof)
+    for (_, mode, convention), members in groups.items():
+        parts = [m.pending[mode] for m in members]
+        metrics = metric_profile(torch.cat([rows for rows, _, _ in parts]), convention)  # rows of every site at once
+        names = list(metrics)
+        stacked = torch.stack([metrics[k] for k in names])  # (M, R_total)
+        start = 0
+        for member, (rows, owner, b) in zip(members, parts):
+            member.metric_names = names
+            chunk = stacked[:, start:start + rows.shape[0]]  # (M, R)
+            start += rows.shape[0]
+            sums = torch.zeros(len(names), b, dtype=torch.float64, device=chunk.device).index_add_(1, owner, chunk)
+            member._store(mode, sums / torch.bincount(owner, minlength=b).to(torch.float64))  # (M, B): mean per prompt
+            del member.pending[mode]
 
 
 @dataclass
@@ -203,6 +225,7 @@ def profile_activations(loaded: LoadedModel, prompts: Prompts, sites: list[str],
                 model(tokens.to(device), attention_mask=mask.to(device, torch.long))  # type: ignore[call-arg]
             else:
                 model(tokens.to(device))
+            flush([red[s] for s in sites])
             advance(members.size)
     first = red[sites[0]]
     modes = first.modes

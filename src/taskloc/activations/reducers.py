@@ -85,8 +85,8 @@ class RunningMoments:
         """Fold in rows already selected (N, D) float64, e.g. by a reducer that also reads them."""
         if rows.shape[0] == 0:
             return
-        mean = rows.mean(0)
-        self._merge(rows.shape[0], mean, ((rows - mean) ** 2).sum(0))
+        var, mean = torch.var_mean(rows, dim=0, correction=0)  # one pass (Welford), no (N, D) temporaries
+        self._merge(rows.shape[0], mean, var * rows.shape[0])
 
     def merge(self, other: RunningMoments) -> None:
         """Fold in moments gathered elsewhere (another shard of the data)."""
