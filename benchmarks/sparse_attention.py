@@ -2,7 +2,7 @@
 ``scaled_dot_product_attention`` (causal), same inputs, one run.
 
 For each context length: q, k, v of shape (1, --heads, T, --head-dim), float32, one random draw.
-Times (median of --repeats after one warm-up call, so flex_attention's compile is excluded and
+Times (fastest of --repeats after one warm-up call, so flex_attention's compile is excluded and
 reported apart) for
   dense:  F.scaled_dot_product_attention(q, k, v, is_causal=True)
   gather: taskloc's SparseAttention with the gathered-key backend (selection included)
@@ -16,7 +16,6 @@ the max |difference| between the backends' outputs. Target: gather or flex >= 4x
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -29,13 +28,15 @@ TARGET = 4.0
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    """The fastest of ``repeats`` calls after a warm-up: on a shared machine the minimum is the
+    run least disturbed by other work, for dense and sparse alike."""
     out = fn()  # warm-up (and compilation, for flex)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+    return min(times), out
 
 
 def main() -> None:
