@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--patterns", nargs="+", default=["block-sparse", "vertical-slash"])
     ap.add_argument("--no-flex", action="store_true", help="skip torch.compile(flex_attention)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -59,7 +60,7 @@ def main() -> None:
         q, k, v = (torch.randn(1, args.heads, t, args.head_dim, generator=gen) for _ in range(3))
         dense_s, _dense_out = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True), args.repeats)
         print(f"T={t} dense sdpa {dense_s * 1e3:.1f} ms")
-        for pattern in ("block-sparse", "vertical-slash"):
+        for pattern in args.patterns:
             spec = PatternSpec(pattern, args.density, block=args.block)
             ledger = FlopLedger()
             SparseAttention(spec, "gather", ledger)(q, k, v, site)  # exact pair counts

@@ -129,7 +129,7 @@ def line_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selec
     on_diag = on_diag.clamp_(min=0)
     ok_diag &= ~sel.vert.gather(-1, on_diag.flatten(2)).view_as(on_diag)  # a column key counts once
     kd, vd = gather_rows(kh, on_diag), gather_rows(vh, on_diag)  # (B, H, Tq, Ns, D)
-    s_diag = (qs[:, :, :, None, :] * kd).sum(-1)  # (B, H, Tq, Ns)
+    s_diag = (qs[:, :, :, None, :] @ kd.transpose(-1, -2)).squeeze(-2)  # (B, H, Tq, Ns): batched, no product tensor
     scores = torch.cat([s_col, s_diag], dim=-1)
     keys = torch.cat([cols[:, :, None, :].expand_as(s_col), on_diag], dim=-1)  # (B, H, Tq, Nv + Ns)
     allowed = torch.cat([ok_col, ok_diag], dim=-1)
@@ -150,7 +150,7 @@ def line_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selec
         dense.scatter_add_(-1, keys, probs.masked_fill(~allowed, 0))
         return grouped_values(pattern_site(dense), v)
     n_col = cols.shape[-1]
-    return probs[..., :n_col] @ vc[:, :, 0] + (probs[..., n_col:, None] * vd).sum(-2)  # (B, H, Tq, Dv)
+    return probs[..., :n_col] @ vc[:, :, 0] + (probs[..., None, n_col:] @ vd).squeeze(-2)  # (B, H, Tq, Dv)
 
 
 _FLEX = None
