@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--inputs", type=int, default=64, help="inputs in the small memory run; the large one reads 10x")
     parser.add_argument("--models", default="tinylm,llama")
+    parser.add_argument("--no-memory", action="store_true", help="time only; skip the peak-memory runs")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -156,6 +157,8 @@ def main() -> None:
         print(f"{'mode':<9}{'seconds':>9}{'ratio':>8}{'overhead':>10}")
         for mode in MODES:
             print(f"{mode:<9}{times[mode]:>9.3f}{times[mode] / times['plain']:>8.3f}{100 * (times[mode] / times['plain'] - 1):>9.1f}%")
+    if args.no_memory:
+        return
     small, large = args.inputs, 10 * args.inputs
     print(f"\npeak memory (MB, VmHWM - VmRSS after warm-up, allocator: {MEMORY_ALLOCATOR}), {small} vs {large} inputs")
     print(f"{'model':<8}{'mode':<9}{small:>9}{large:>9}{'ratio':>8}")
