@@ -22,7 +22,10 @@ from .flops import FlopLedger
 from .kernels import ATTENTION, PatternSite, dense_attention, grouped_values
 from .patterns import PatternSpec, Selection, per_head, query_positions, select
 
-# gather won the benchmark at 8192 and 2048 for both patterns on CPU (benchmarks/sparse_attention.py).
+# Measured on CPU, 1 thread, a heavily shared 2-core machine (benchmarks/sparse_attention.py, density
+# 1/16, block 64, 8 heads x 64): block-sparse gather 2.4x / flex 2.0x over SDPA at 8192 and 5.9x..80x /
+# 63x at 2048 (noisy); vertical-slash gather 4.7x / flex 6.9x at 2048, gather 0.32x at 8192. flex must
+# compile per shape (15-900 s first call), so gather is the default; flex is opt-in (backend="flex").
 DEFAULT_BACKEND = "gather"
 BACKENDS = ("gather", "flex")
 

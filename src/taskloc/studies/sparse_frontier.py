@@ -36,7 +36,7 @@ from ..train import TrainConfig, train
 from .base import STUDIES, Study, StudyResult, decide_claim, lines_figure
 from .cache import TENSORS
 from .stats import hierarchical_interval
-from .verdicts import Above, AllOf, Estimate, Rule
+from .verdicts import NOT_SUPPORTED, SUPPORTED, Above, AllOf, AnyOf, Below, Estimate, FirstOf, Rule
 
 MODES = ("prefill", "decode")
 CODE = ("taskloc.attention.longctx_tasks", "taskloc.studies.sparse_frontier")
@@ -87,9 +87,17 @@ class SparseFrontierConfig(Config):
         long_context_tasks(self.tasks, self.context)
 
 
+CHANCE = 0.1  # one digit answers
+
+
 def iso_rule(modes: list[str]) -> Rule:
-    return AllOf(*(Above(f"iso@{m}", 0.0, f"largest sparse minus smallest dense at <= equal FLOPs ({m}, held out)")
-                   for m in modes))
+    """Decided only when the largest model reads the tasks at all (dense accuracy above chance):
+    sparse-vs-dense comparisons between models that cannot do the task say nothing."""
+    competent = Above("competent", CHANCE, "largest model's dense accuracy (all tasks)")
+    wins = [Above(f"iso@{m}", 0.0, f"largest sparse minus smallest dense at <= equal FLOPs ({m}, held out)") for m in modes]
+    loses = [Below(f"iso@{m}", 0.0, f"largest sparse minus smallest dense at <= equal FLOPs ({m}, held out)") for m in modes]
+    return FirstOf(("larger sparse wins", SUPPORTED, AllOf(competent, *wins)),
+                   ("smaller dense wins", NOT_SUPPORTED, AllOf(competent, AnyOf(*loses))))
 
 
 class _Swap:
@@ -234,6 +242,12 @@ class SparseFrontierStudy(Study):
                                                "FLOPs per token", "exact match", frontier, logx=True, ylim=(0, 1)))
         estimates: dict[str, Estimate] = {}
         small, large = cfg.widths[0], cfg.widths[-1]
+        dense_large = cell(width=large, mode=cfg.modes[0], pattern="dense")
+        iv = hierarchical_interval([r["all"] for r in dense_large], [r["task"] for r in dense_large],
+                                   [r["seed"] for r in dense_large], level=cfg.level)
+        estimates["competent"] = Estimate(iv.estimate, (iv.lo, iv.hi), iv.nominal)
+        result.notes.append(f"Competence: dense d_model={large} exact match {iv.estimate:.3f} [{iv.lo:.3f}, {iv.hi:.3f}] "
+                            f"against chance {CHANCE:g}; below it the C6 verdict stays inconclusive.")
         for mode in cfg.modes:
             budget = float(np.mean([r["cost"] for r in cell(width=small, mode=mode, pattern="dense")]))
             fits = [c for c in configs if cell(width=large, mode=mode, pattern=c[0], density=c[1])
