@@ -78,3 +78,38 @@ def test_the_learner_runs_on_a_hugging_face_model(tmp_path, capsys):
     fs = json.loads((out / "results.json").read_text())["studies"]["fast-slow"]
     two = [r for r in fs["metrics"]["runs"] if r["kind"] == "two-channel"]
     assert len(two) == 2 and all(r["size"]["relative_norm"] > 0 for r in two)
+
+
+def _records(two_speed, slow_speed, two_drift, slow_drift):
+    """Synthetic learners on 3 seeds: two-channel and slow-only reach the given accuracies."""
+    from taskloc.studies.fast_slow import Record
+
+    size = {"relative_norm": 0.1, "moved_share": 0.5, "top1_energy": 0.1, "gini": 0.5}
+    out = []
+    for seed in range(3):
+        jitter = 0.01 * seed
+        for kind, acc, drift in (("two-channel", two_speed, two_drift), ("slow-only", slow_speed, slow_drift), ("fast-only", 0.0, 0.0)):
+            a = acc + jitter if acc else 0.0
+            curves = [[(0, 0.0, 0.0), (2, a, 0.1), (4, a, 0.2)] for _ in range(3)]
+            plast = [0.0, a, a]
+            out.append(Record(kind, seed, curves, ["", "", ""], [a] * 3, [a / 2] * 3 if kind == "slow-only" else [a] * 3,
+                              drift + jitter, 0.0, a, plast, dict(size)))
+    return out
+
+
+@pytest.mark.parametrize("two,slow,verdicts", [
+    (0.6, 0.3, ("supported", "supported")),  # faster, less drift, keeps plasticity, forgets less
+    (0.3, 0.6, ("not supported", "not supported")),
+    (0.0, 0.0, ("inconclusive", "inconclusive")),  # nothing learned by anyone: no comparison, never 'not supported'
+])
+def test_verdicts_follow_the_paired_differences(two, slow, verdicts):
+    from taskloc.studies.base import StudyResult
+    from taskloc.studies.fast_slow import FastSlowStudy
+    from taskloc.train import TrainConfig
+
+    cfg = FastSlowConfig(segment=TrainConfig(steps=4, batch_size=8), cycle_steps=2, plasticity=TrainConfig(steps=2, eval_every=1))
+    stream = [parse_cell(c, "s") for c in cfg.stream]
+    drift_two, drift_slow = (0.5, 1.0) if two >= slow else (1.0, 0.5)
+    result = StudyResult()
+    FastSlowStudy()._report(cfg, stream, _records(two, slow, drift_two, drift_slow), [(0.0, [0.0, 0.0, 0.0])] * 3, result)
+    assert tuple(c.verdict for c in result.claims) == verdicts

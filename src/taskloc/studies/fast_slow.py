@@ -276,6 +276,14 @@ class FastSlowStudy(Study):
             estimates["speed_gain"] = Estimate(float("nan"), (float("nan"), float("nan")), cfg.level)
             result.notes.append("Neither parameter learner raised its accuracy on any stream task within its segment, so learning "
                                 "speed was not compared (the speed estimate has no interval and the verdict is inconclusive).")
+        nan = Estimate(float("nan"), (float("nan"), float("nan")), cfg.level)
+        if not any(a > curve[0] for curve in [c for _, c in base_plasticity] + [r.plasticity_curve for r in two + slow] for a in curve[1:]):
+            estimates["plasticity_gain"] = nan  # no checkpoint learned the further task: nothing to compare
+            result.notes.append(f"No checkpoint (the base included) gained accuracy on {cfg.further} within {cfg.plasticity.steps} steps, "
+                                "so plasticity was not compared.")
+        if not any(e > 0 for r in two + slow for e in r.end_acc[:-1]):
+            estimates["forgetting_saved"] = nan  # nothing was learned on the earlier tasks, so nothing could be forgotten
+            result.notes.append("Neither parameter learner ended an earlier stream task above zero accuracy, so forgetting was not compared.")
         result.metrics["paired"] = {k: {"mean": e.value, "lo": e.interval[0], "hi": e.interval[1], "per_seed": [float(v) for v in diffs[k]]}
                                     for k, e in estimates.items()}
         reached = {k: sum(s is not None for r in by[k] for s, _ in r.to_target(cfg.target)) for k in KINDS}
