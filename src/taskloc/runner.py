@@ -73,8 +73,8 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
                 model: Path | None = None, allow_pickle: bool = False) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
     cfg = resolve_config(preset, config_file, tuple(overrides), model)
+    tasks = cfg.data.load_tasks()  # the run's own tasks first: a study's cross-check assumes they are valid
     plan = resolve_studies(list(names), cfg)
-    tasks = cfg.data.load_tasks()
     dev = pick_device(device)
     source = load_study_model(Path(cfg.model_path), device, allow_pickle) if cfg.model_path else None
     if source is None or codec_of(source.model) is CHAR_CODEC:  # the model reads taskloc's character vocabulary
