@@ -74,10 +74,12 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
     # Everything that can be wrong with the input is checked before the run directory exists.
     cfg = resolve_config(preset, config_file, tuple(overrides), model)
     tasks = cfg.data.load_tasks()  # the run's own tasks first: a study's cross-check assumes they are valid
+    if not cfg.model_path:  # the embedded TinyLM reads taskloc's character vocabulary
+        _check_char_vocabulary(tasks)
     plan = resolve_studies(list(names), cfg)
     dev = pick_device(device)
     source = load_study_model(Path(cfg.model_path), device, allow_pickle) if cfg.model_path else None
-    if source is None or codec_of(source.model) is CHAR_CODEC:  # the model reads taskloc's character vocabulary
+    if source is not None and codec_of(source.model) is CHAR_CODEC:  # a given model on the same vocabulary
         _check_char_vocabulary(tasks)
     run_dir = Path(out) if out is not None else Path("runs") / preset
     if run_dir.exists() and not run_dir.is_dir():
