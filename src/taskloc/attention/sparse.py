@@ -93,11 +93,7 @@ def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: S
             sel.slash[:, :, None, None, :].expand(b, h, n_rows, rows, t_k), -1, offset)
     if mask is not None:
         full = _row_view(mask.expand(b, h, t_q, t_k), rows, n_rows)  # (B, H, R, rows, Tk)
-        picked = torch.gather(full, -1, keys.expand(b, h, n_rows, rows, width))
-        if picked.dtype == torch.bool:
-            allowed &= picked
-        else:
-            scores = scores + picked.to(scores.dtype)
+        scores = _masked(scores, allowed, torch.gather(full, -1, keys.expand(b, h, n_rows, rows, width)))
     scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     if ledger is not None:
@@ -110,6 +106,15 @@ def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: S
         return grouped_values(pattern_site(dense.flatten(2, 3)[:, :, :t_q]), v)
     return (probs @ vg).flatten(2, 3)[:, :, :t_q]  # (B, H, Tq, Dv)
 
+
+
+def _masked(scores: torch.Tensor, allowed: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
+    """Apply the caller's mask at the gathered keys: a boolean mask narrows ``allowed`` (in
+    place), an additive one is added to the scores."""
+    if picked.dtype == torch.bool:
+        allowed &= picked
+        return scores
+    return scores + picked.to(scores.dtype)
 
 def line_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selection, mask: torch.Tensor | None,
                    scale: float, pattern_site: PatternSite, ledger: FlopLedger | None = None) -> torch.Tensor:
@@ -137,11 +142,7 @@ def line_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selec
     keys = torch.cat([cols[:, :, None, :].expand_as(s_col), on_diag], dim=-1)  # (B, H, Tq, Nv + Ns)
     allowed = torch.cat([ok_col, ok_diag], dim=-1)
     if mask is not None:
-        picked = torch.gather(mask.expand(b, h, t_q, t_k), -1, keys)
-        if picked.dtype == torch.bool:
-            allowed &= picked
-        else:
-            scores = scores + picked.to(scores.dtype)
+        scores = _masked(scores, allowed, torch.gather(mask.expand(b, h, t_q, t_k), -1, keys))
     scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
     if ledger is not None:
