@@ -73,7 +73,9 @@ def test_numbers_equal_a_direct_computation_on_full_activations(tiny_path, tmp_p
     doc = analyse(prof, n_perm=200, n_boot=200)
     s0 = sites[0]
     j = names.index("gini")
-    gini = np.array(direct[s0]["last"])[:, j]
+    # The analysis is checked against the profile it was given (already matched to the direct
+    # computation above at 1e-6), so its own arithmetic can be held to 1e-9.
+    gini = np.asarray(prof.values["last"][s0], dtype=np.float64)[:, j]
     rec = doc["sites"][0]["modes"]["last"]["gini"]
     for i, level in enumerate(rec["by_level"]):
         assert level["n"] == 3 and level["few"] is True
@@ -86,14 +88,16 @@ def test_numbers_equal_a_direct_computation_on_full_activations(tiny_path, tmp_p
     # Localisation from running moments = the same from the stacked full activations.
     for mode, key in (("last", "last_rows"), ("all", "all_rows")):
         rows = direct[s0][key]
-        low = torch.stack(rows[:3]) if mode == "last" else torch.cat(rows[:3])  # (N_low, D)
-        high = torch.stack(rows[6:]) if mode == "last" else torch.cat(rows[6:])
+        # float64 reference; the profile's rows come from padded batches whose float32 rounding
+        # differs from these unpadded rows by ~1e-6 relative, so d is held to 1e-5.
+        low = (torch.stack(rows[:3]) if mode == "last" else torch.cat(rows[:3])).double()  # (N_low, D)
+        high = (torch.stack(rows[6:]) if mode == "last" else torch.cat(rows[6:])).double()
         pooled = (((low.shape[0] - 1) * low.var(0) + (high.shape[0] - 1) * high.var(0)) / (low.shape[0] + high.shape[0] - 2)).sqrt()
         d = ((high.mean(0) - low.mean(0)) / pooled).numpy()
         loc = doc["sites"][0]["localisation"][mode]
-        assert loc["shift"] == pytest.approx(float(np.sqrt((d**2).mean())), rel=1e-6)
+        assert loc["shift"] == pytest.approx(float(np.sqrt((d**2).mean())), rel=1e-5)
         top = loc["top_dims"][0]
-        assert top["dim"] == int(np.argmax(np.abs(d))) and top["d"] == pytest.approx(float(d[top["dim"]]), rel=1e-6)
+        assert top["dim"] == int(np.argmax(np.abs(d))) and top["d"] == pytest.approx(float(d[top["dim"]]), rel=1e-5)
         assert loc["n_lowest"] == low.shape[0] and loc["n_highest"] == high.shape[0]
 
 
