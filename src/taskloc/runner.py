@@ -9,7 +9,7 @@ A run directory is the unit of reproducibility:
     artefacts/         cached models and other artefacts, content-addressed (safetensors with metadata)
     studies/NAME.json  each finished study's result, reused when the run is resumed with the same code
     results.json       claims, preconditions and every study's result; same seed -> same bytes (one machine)
-    timings.json       wall-clock seconds (kept out of results.json so that stays reproducible)
+    timings.json       wall-clock and CPU seconds per study (kept out of results.json so that stays reproducible)
     report.html        self-contained report
 """
 from __future__ import annotations
@@ -96,14 +96,18 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
     try:
         write_text(run_dir / "config.json", config_json)
         ctx = StudyContext(run_dir, cfg, dev, tasks, source)
-        results, timings = {}, {}
+        results, timings, cpu = {}, {}, {}
         for study, study_cfg in plan:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             results[study.name] = _run_cached(ctx, study, study_cfg)
             timings[study.name] = round(time.perf_counter() - started, 2)
+            # CPU seconds of all threads: on a loaded machine wall time says little, CPU time
+            # still says what the study costs. Written after every study so a killed run keeps them.
+            cpu[study.name] = round(time.process_time() - cpu_started, 2)
+            write_json(run_dir / "timings.json", {"seconds": timings, "cpu_seconds": cpu, "device": str(dev),
+                                                   "threads": torch.get_num_threads()})
         document = build_results(cfg, results, {study.name: study.requires for study, _ in plan})
         write_json(run_dir / "results.json", document)
-        write_json(run_dir / "timings.json", {"seconds": timings, "device": str(dev), "threads": torch.get_num_threads()})
         from .report import write_report
 
         write_report(run_dir, document)
