@@ -120,6 +120,10 @@ class BaseModelStudy(Study):
             result.notes.append(f"TinyLM with {model.num_params():,} parameters, pretrained for {ctx.cfg.pretrain.steps} steps "
                                 f"of {ctx.cfg.pretrain.batch_size} examples on levels {', '.join(trained)}; "
                                 f"levels {', '.join(ood) or 'none'} are never trained on.")
+            if base.origin:  # the shipped base (studies/embedded.py): same key, so the same config, data and code
+                result.notes.append(f"This base was not pretrained in this run: it was {base.origin}. It was built under "
+                                    "the same cache key (config, training data and training code), so this code trains it; "
+                                    "its bytes are those of the machine that trained it.")
         else:
             result.notes.append(f"The {ctx.given.kind} model from {ctx.given.source} ({model.num_params():,} parameters), evaluated as given: "
                                 f"'trained' levels {', '.join(trained)} are the levels the studies fine-tune on, which "

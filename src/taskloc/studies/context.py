@@ -26,6 +26,7 @@ from ..tasks.mixture import TaskMixture
 from ..tasks.scoring import accuracy_table
 from ..train import TrainConfig, checkpoint_step, train
 from .cache import CHECKPOINT, TENSORS, ArtefactCache, code_version, tensor_digest
+from .embedded import origin_of, seed_from_embedded
 
 StateDict = dict[str, torch.Tensor]
 
@@ -41,6 +42,7 @@ class BaseModel:
 
     model: torch.nn.Module
     history: list[dict[str, Any]]
+    origin: str | None = None  # set when the base was copied from the package (studies/embedded.py)
 
     @property
     def final_accuracy(self) -> dict[str, dict[str, list[int]]]:
@@ -122,10 +124,13 @@ class StudyContext:
             return weights_of(model)
 
         ingredients = self._base_ingredients(mixture)
+        # the base the package ships under this exact key (studies/embedded.py) spares the pretraining
+        if seed_from_embedded(self.cache.find("base", ingredients, TENSORS).parent):
+            self.log({"phase": "pretrain base", "embedded": self.cache.find("base", ingredients, TENSORS).parent.name})
         tensors = self.cache.get_or_build("base", ingredients, pretrain, TENSORS)
         load_weights(model, tensors)
         folder = self.cache.find("base", ingredients, TENSORS).parent
-        return BaseModel(model, json.loads((folder / "history.json").read_text()))
+        return BaseModel(model, json.loads((folder / "history.json").read_text()), origin_of(folder))
 
     def finetune(self, label: str, key: dict[str, Any], start: StateDict, mixture: Any, train_cfg: TrainConfig,
                  mask: dict[str, torch.Tensor] | None = None) -> StateDict:
