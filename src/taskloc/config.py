@@ -86,6 +86,9 @@ def _all_finite(value: Any) -> bool:
     return True
 
 
+_UNSET = object()  # a setting the preset does not name
+
+
 def _describe(annotation: Any) -> str:
     if get_origin(annotation) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(annotation))
@@ -123,6 +126,19 @@ class Config:
 
     def validate(self) -> None:
         """Range checks; subclasses raise ConfigError naming the field, the value and the fix."""
+
+    def set_by_user(self, name: str, preset: str) -> bool:
+        """Whether setting ``name`` holds a value the user chose (config file or --set) rather than
+        the one preset ``preset`` alone gives it (the preset's value, else this field's default).
+        Compared by value, not by where it was written: a config file copied from the preset
+        leaves its settings defaults, and a user value equal to the preset's runs the same anyway."""
+        node: Any = load_preset(preset) if preset in PRESETS else {}
+        for part in self.key(name).split("."):
+            node = node.get(part, _UNSET) if isinstance(node, dict) else _UNSET
+        if node is _UNSET:
+            f = next(f for f in dataclasses.fields(self) if f.name == name)
+            node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        return getattr(self, name) != _widen_ints(node, typing.get_type_hints(type(self))[name])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

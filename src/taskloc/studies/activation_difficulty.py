@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ from ..tasks.paired import FAMILIES, build_families
 from .base import STUDIES, Study, StudyResult, bars_figure, decide_claim, lines_figure
 from .context import StudyContext
 from .stats import hierarchical_interval, paired_permutation_test, per_task_intervals, rank_average, task_agreement
+from .task_selection import TaskSelection, select_tasks, skipped_result
 from .verdicts import Above, AllOf, Estimate, Rule
 
 # Sparser means a larger value (+1) or a smaller one (-1); l1_norm and above_zero have no direction.
@@ -251,16 +252,7 @@ class ActivationDifficultyStudy(Study):
                  EXPLOIT_RULE)]
 
     def check(self, cfg: ActivationDifficultyConfig, run_cfg) -> None:
-        for name in cfg.tasks:
-            if name not in FAMILIES:
-                raise ConfigError(f"{cfg.key('tasks')}: task {name!r} has no paired item family; tasks with one: {', '.join(FAMILIES.names())}.")
-            if name not in run_cfg.data.tasks:
-                raise ConfigError(f"{cfg.key('tasks')}: task {name!r} is not among data.tasks={run_cfg.data.tasks}, so the base never "
-                                  "trained on it; probe trained tasks only.")
-            if len(self.levels_of(get_task(name), run_cfg)) < 2:
-                raise ConfigError(f"{cfg.key('tasks')}: task {name!r} has fewer than 2 of the run's levels "
-                                  f"{run_cfg.data.train_levels + run_cfg.data.ood_levels}; a paired step needs two.")
-
+        self.tasks_for(cfg, run_cfg)  # a task list the user set that names a task it cannot probe: one line
         if not run_cfg.model_path:  # the embedded TinyLM: its site names are known before any work
             self._check_sites(cfg, run_cfg)
 
@@ -283,12 +275,30 @@ class ActivationDifficultyStudy(Study):
 
             raise ConfigError(f"{cfg.key('headline_site')}: {did_you_mean(cfg.headline_site, names, 'site')}")
 
+    @classmethod
+    def tasks_for(cls, cfg: ActivationDifficultyConfig, run_cfg) -> TaskSelection:
+        """The tasks probed: trained ones (the base never saw the others) with a paired item
+        family and at least two of the run's levels; intervals run over tasks, so two or more."""
+        def usable(name: str) -> str | None:
+            if name not in FAMILIES:
+                return f"task {name!r} has no paired item family (tasks with one: {', '.join(FAMILIES.names())})"
+            if len(cls.levels_of(get_task(name), run_cfg)) < 2:
+                return (f"task {name!r} has fewer than 2 of the run's levels {run_cfg.data.train_levels + run_cfg.data.ood_levels} "
+                        "(a paired step needs two)")
+            return None
+
+        return select_tasks(cfg, "tasks", run_cfg, at_least=2, usable=usable)
+
     @staticmethod
     def levels_of(task, run_cfg) -> list[int]:
         return sorted(lv for lv in set(run_cfg.data.train_levels) | set(run_cfg.data.ood_levels) if lv in task.levels)
 
     def run(self, ctx: StudyContext, cfg: ActivationDifficultyConfig) -> StudyResult:
         started = time.perf_counter()
+        selection = self.tasks_for(cfg, ctx.cfg)
+        if selection.skip:
+            return skipped_result(self, cfg, selection)
+        cfg = replace(cfg, tasks=selection.entries)
         model = ctx.base_model().model
         levels_of = {t: self.levels_of(get_task(t), ctx.cfg) for t in cfg.tasks}
         data = _measure(model, cfg, cfg.tasks, levels_of, ctx.cfg.seed, cfg.item_sets)
@@ -299,6 +309,7 @@ class ActivationDifficultyStudy(Study):
                                       "levels": levels_of, "train_levels": ctx.cfg.data.train_levels,
                                       "definitions": {**metric_definitions("taskloc"),
                                                       **{PAPER_PREFIX + k: v for k, v in metric_definitions("paper").items()}}})
+        result.notes.extend(selection.notes())
         init = None
         if cfg.init_control and ctx.given is None:  # a random TinyLM of the base's architecture
             init = _measure(ctx.new_model(seed=ctx.cfg.seed + 1), cfg, cfg.tasks, levels_of, ctx.cfg.seed, 1)

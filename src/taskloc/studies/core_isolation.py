@@ -25,7 +25,7 @@ normal task means, with the exact sign test of how many tasks agree beside them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ from .context import StudyContext
 from .core_isolation_plan import consolidation_stages, family_of, heuristic_order, overlap_summary, paired, random_order, trainable_outside, union
 from .grafting import Scorer
 from .stats import NAN_INTERVAL, hierarchical_interval
+from .task_selection import TaskSelection, has_levels, select_tasks, skipped_result
 from .verdicts import Above, AllOf, Rule
 from .weight_delta import WeightDeltaStudy, jaccard, jaccard_chance
 
@@ -128,12 +129,30 @@ class CoreIsolationStudy(Study):
         if level in run_cfg.data.train_levels:
             raise ConfigError(f"{cfg.key('target_level')}={level} is a trained level {run_cfg.data.train_levels}; "
                               "pick a level the base never saw (0 = the first OOD level).")
-        for name in cfg.tasks:
-            if level not in get_task(name).levels:
-                raise ConfigError(f"{cfg.key('tasks')}: task {name!r} has no level {level}; its levels are {list(get_task(name).levels)}.")
+        self.tasks_for(cfg, run_cfg)  # a task list or pair the user set that it cannot use: one line
+
+    @staticmethod
+    def tasks_for(cfg: CoreIsolationConfig, run_cfg) -> tuple[TaskSelection, list[list[str]]]:
+        """Trained tasks with the target level (as weight-delta, whose fine-tunes these share), and
+        the forgetting pairs among them: default pairs cut with the tasks (the first two tasks when
+        none is left), a pair the user set that names a task left out is an error."""
+        selection = select_tasks(cfg, "tasks", run_cfg, at_least=2, usable=has_levels([WeightDeltaStudy.target_level(cfg, run_cfg)]))
+        pairs = [p for p in cfg.forgetting_pairs if set(p) <= set(selection.entries)]
+        if pairs != cfg.forgetting_pairs and not selection.skip:
+            if cfg.set_by_user("forgetting_pairs", run_cfg.preset):
+                raise ConfigError(f"{cfg.key('forgetting_pairs')}={cfg.forgetting_pairs} names tasks outside the ones this run "
+                                  f"fine-tunes ({cfg.key('tasks')}: {selection.entries}); pair only those.")
+            pairs = pairs or [selection.entries[:2]]
+        return selection, pairs
 
     # -- measuring ---------------------------------------------------------------------------------
     def run(self, ctx: StudyContext, cfg: CoreIsolationConfig) -> StudyResult:
+        selection, pairs = self.tasks_for(cfg, ctx.cfg)
+        if selection.skip:
+            return skipped_result(self, cfg, selection)
+        cut = selection.notes() + ([f"{cfg.key('forgetting_pairs')} (default) {cfg.forgetting_pairs} cut with the tasks: "
+                                    f"forgetting measured on {pairs}."] if pairs != cfg.forgetting_pairs else [])
+        cfg = replace(cfg, tasks=selection.entries, forgetting_pairs=pairs)
         base = weights_of(ctx.base_model().model)  # CPU state dicts throughout
         level = WeightDeltaStudy.target_level(cfg, ctx.cfg)
         levels = sorted(set(ctx.cfg.data.train_levels) | {level})
@@ -244,6 +263,7 @@ class CoreIsolationStudy(Study):
                                       "budget": {"per_task_steps": S.steps, "consolidation_steps": C.steps, "mixed_steps": mixed_cfg.steps,
                                                  "sequential_steps": len(names) * S.steps, "batch_size": S.batch_size}})
         self._report(cfg, names, base_scores, acc, jac_by_seed, chance_by_seed, forgetting, ablation, result)
+        result.notes[1:1] = cut
         return result
 
 

@@ -23,7 +23,7 @@ slow-only), n_seeds - 1 degrees of freedom, exact for normal seed effects.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from .base import STUDIES, Study, StudyResult, bars_figure, decide_claim, lines_
 from .context import StudyContext
 from .grafting import deltas_of, update_size
 from .stats import hierarchical_interval
+from .task_selection import TaskSelection, select_tasks, skipped_result
 from .verdicts import Above, AllOf, Estimate, Rule
 
 StateDict = dict[str, torch.Tensor]
@@ -83,15 +84,27 @@ class FastSlowConfig(Config):
             raise ConfigError(f"{self.key('level')}={self.level} must lie in [0.5, 1).")
 
 
-def parse_cell(text: str, key: str) -> tuple[Task, int]:
-    """'sort:3' -> (the task, 3); one clear line naming the setting when malformed."""
+def cell_problem(text: str) -> str | None:
+    """Why 'TASK:LEVEL' cannot be learned (malformed, unknown task, no such level), or None."""
     name, sep, level = text.rpartition(":")
     if not sep or not name or not level.strip().lstrip("-").isdigit():
-        raise ConfigError(f"{key}: {text!r} is not TASK:LEVEL (e.g. 'sort:3').")
-    task = get_task(name)
+        return f"{text!r} is not TASK:LEVEL (e.g. 'sort:3')"
+    try:
+        task = get_task(name)
+    except ConfigError as exc:  # unknown name: did-you-mean
+        return str(exc).rstrip(".")
     if int(level) not in task.levels:
-        raise ConfigError(f"{key}: task {name!r} has no level {level}; its levels are {list(task.levels)}.")
-    return task, int(level)
+        return f"task {name!r} has no level {level}; its levels are {list(task.levels)}"
+    return None
+
+
+def parse_cell(text: str, key: str) -> tuple[Task, int]:
+    """'sort:3' -> (the task, 3); one clear line naming the setting when malformed."""
+    problem = cell_problem(text)
+    if problem:
+        raise ConfigError(f"{key}: {problem}.")
+    name, _, level = text.rpartition(":")
+    return get_task(name), int(level)
 
 
 SPEED = Above("speed_gain", 0.0, "two-channel minus slow-only mean accuracy over each task's segment (paired by seed)")
@@ -158,12 +171,27 @@ class FastSlowStudy(Study):
                 ("C5", "continual: the two-channel checkpoint keeps more plasticity and forgets less than slow-only's", CONTINUAL_RULE)]
 
     def check(self, cfg: FastSlowConfig, run_cfg) -> None:
-        for i, cell in enumerate(cfg.stream):
-            parse_cell(cell, f"{cfg.key('stream')}[{i}]")
-        parse_cell(cfg.further, cfg.key("further"))
+        self.tasks_for(cfg, run_cfg)  # a cell the user set that it cannot learn: one line
+
+    @staticmethod
+    def tasks_for(cfg: FastSlowConfig, run_cfg) -> TaskSelection:
+        """The stream and the further cell on the run's tasks (OOD levels of skills the base has);
+        the stream's selection, or the further cell's when that one cannot run."""
+        def task_of(cell: str) -> str:
+            return cell.rpartition(":")[0]
+
+        stream = select_tasks(cfg, "stream", run_cfg, at_least=3, usable=cell_problem, task_of=task_of)
+        further = select_tasks(cfg, "further", run_cfg, at_least=1, usable=cell_problem, task_of=task_of)
+        if further.skip and not stream.skip:
+            return TaskSelection(stream.key, stream.entries, stream.dropped, further.skip)
+        return stream
 
     # -- measuring ---------------------------------------------------------------------------------
     def run(self, ctx: StudyContext, cfg: FastSlowConfig) -> StudyResult:
+        selection = self.tasks_for(cfg, ctx.cfg)
+        if selection.skip:
+            return skipped_result(self, cfg, selection)
+        cfg = replace(cfg, stream=selection.entries)
         start = weights_of(ctx.base_model().model)
         stream = [parse_cell(c, cfg.key("stream")) for c in cfg.stream]
         further = parse_cell(cfg.further, cfg.key("further"))
@@ -189,6 +217,7 @@ class FastSlowStudy(Study):
                     advance()
         result = StudyResult()
         self._report(cfg, stream, records, base_plasticity, result)
+        result.notes.extend(selection.notes())
         return result
 
     @staticmethod

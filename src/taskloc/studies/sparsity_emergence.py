@@ -47,6 +47,7 @@ from .base import STUDIES, Study, StudyResult, bars_figure, decide_claim, lines_
 from .cache import CHECKPOINT, JSON
 from .context import TRAINING_CODE, StudyContext
 from .stats import binomial_tail, t_interval
+from .task_selection import has_levels
 from .verdicts import NOT_SUPPORTED, SUPPORTED, Above, AllOf, AnyOf, Below, Estimate, FirstOf, Rule
 
 # What produces a trajectory: the training code, this module (the measurement) and what it calls.
@@ -308,11 +309,12 @@ class SparsityEmergenceStudy(Study):
         if not cfg.held_out and not run_cfg.data.ood_levels:
             raise ConfigError(f"{cfg.key('held_out')} is empty and data.ood_levels is empty: there is nothing unfamiliar to "
                               "compare with; name a held-out task or give OOD levels.")
-        for name in tasks + ([cfg.held_out] if cfg.held_out else []):
-            task = get_task(name)  # unknown name -> did-you-mean
-            missing = [lv for lv in run_cfg.data.train_levels + run_cfg.data.ood_levels if lv not in task.levels]
-            if missing:
-                raise ConfigError(f"{cfg.key('tasks')}: task {name!r} has no level(s) {missing}; its levels are {list(task.levels)}.")
+        # Its own pretraining: its tasks need not be the run's (only the run's levels, which it probes).
+        usable = has_levels(run_cfg.data.train_levels + run_cfg.data.ood_levels)  # unknown name -> did-you-mean
+        for key, name in [("tasks", t) for t in tasks] + ([("held_out", cfg.held_out)] if cfg.held_out else []):
+            problem = usable(name)
+            if problem:
+                raise ConfigError(f"{cfg.key(key)}: {problem}.")
         sites = resolve_sites(TinyLM(model_cfg), cfg.sites)  # unknown site -> did-you-mean
         if not -len(sites) <= cfg.layer < len(sites):
             raise ConfigError(f"{cfg.key('layer')}={cfg.layer} is out of range for the {len(sites)} site(s) {sites}; "

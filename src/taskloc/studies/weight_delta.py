@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,9 +45,10 @@ from ..tasks import Example, get_task
 from ..tasks.mixture import ShuffledTargets, TaskMixture, eval_examples
 from ..train import TrainConfig
 from .base import STUDIES, Claim, Study, StudyResult, bars_figure, decide_claim, lines_figure
-from .context import StudyContext
+from .context import Finetune, StudyContext
 from .grafting import MEASURE_NAMES, MEASURES, Scorer, Scores, deltas_of, gaussian_like, graft, share_kept, update_size
 from .stats import NAN_INTERVAL, hierarchical_interval, per_task_intervals, task_agreement
+from .task_selection import TaskSelection, has_levels, select_tasks, skipped_result
 from .verdicts import Above, AllOf, AnyOf, Below, Estimate, FirstOf, Rule
 
 StateDict = dict[str, torch.Tensor]
@@ -249,10 +250,12 @@ class WeightDeltaStudy(Study):
         if level in run_cfg.data.train_levels:
             raise ConfigError(f"{cfg.key('target_level')}={level} is a trained level {run_cfg.data.train_levels}; "
                               "pick a level the base never saw (0 = the first OOD level).")
-        for name in cfg.tasks:
-            task = get_task(name)
-            if level not in task.levels:
-                raise ConfigError(f"{cfg.key('tasks')}: task {name!r} has no level {level}; its levels are {list(task.levels)}.")
+        self.tasks_for(cfg, run_cfg)  # a task list the user set that names a task it cannot use: one line
+
+    @classmethod
+    def tasks_for(cls, cfg: WeightDeltaConfig, run_cfg) -> TaskSelection:
+        """Trained tasks (a delta learns a harder level of a skill the base has) that have the target level."""
+        return select_tasks(cfg, "tasks", run_cfg, at_least=2, usable=has_levels([cls.target_level(cfg, run_cfg)]))
 
     @staticmethod
     def target_level(cfg: WeightDeltaConfig, run_cfg) -> int:
@@ -262,6 +265,10 @@ class WeightDeltaStudy(Study):
 
     # -- measuring ---------------------------------------------------------------------------------
     def run(self, ctx: StudyContext, cfg: WeightDeltaConfig) -> StudyResult:
+        selection = self.tasks_for(cfg, ctx.cfg)
+        if selection.skip:
+            return skipped_result(self, cfg, selection)
+        cfg = replace(cfg, tasks=selection.entries)
         base_model = ctx.base_model().model
         base = weights_of(base_model)  # every state dict here lives on the CPU
         level = self.target_level(cfg, ctx.cfg)
@@ -275,13 +282,33 @@ class WeightDeltaStudy(Study):
             mix = TaskMixture([task], levels, seed=3000 + seed)
             return [e for step in range(-(-cfg.fit_examples // 64)) for e in mix.batch(step, 64)][: cfg.fit_examples]
 
-        def ft(task, seed: int, regime: str, mixture=None, mask=None, train_cfg=None) -> StateDict:
+        def ft(task, seed: int, regime: str, mixture=None, mask=None, train_cfg=None) -> Finetune:
             # the imposed-sparsity runs (LT-SFT, random mask) bring their own schedule and mask
             train_cfg_, regime_mask = REGIMES.get(regime)(cfg, base) if train_cfg is None else (train_cfg, None)
             mask = mask if mask is not None else regime_mask
             mixture = mixture or TaskMixture([task], levels, seed=1000 + seed)
-            return ctx.finetune(f"{regime} {task.name} s{seed}", {"task": task.name, "seed": seed, "regime": regime, "levels": levels},
-                                base, mixture, train_cfg or train_cfg_, mask=mask)
+            return Finetune(f"{regime} {task.name} s{seed}", {"task": task.name, "seed": seed, "regime": regime, "levels": levels},
+                            base, mixture, train_cfg or train_cfg_, mask)
+
+        # Every fine-tune is an independent job; they run as two batches (in parallel under the ray
+        # executor): all that start from the base alone, then LT-SFT, whose mask needs its run's delta.
+        asked: dict[tuple[str, str, int, str], Finetune] = {}
+        for regime in cfg.regimes:
+            for task in tasks:
+                for seed in range(cfg.seeds):
+                    asked[regime, task.name, seed, "run"] = ft(task, seed, regime)
+                for seed in range(cfg.control_seeds):
+                    asked[regime, task.name, seed, "shuffled"] = ft(task, seed, regime, mixture=ShuffledTargets(TaskMixture([task], levels, seed=1000 + seed)))
+                    if regime == cfg.regimes[0]:
+                        shapes = {k: v.shape for k, v in base.items()}
+                        asked[regime, task.name, seed, "random"] = ft(task, seed, "random-mask", train_cfg=cfg.finetune,
+                                                                      mask=random_mask(shapes, cfg.mask_fraction, seed=5000 + seed))
+        tuned_by = dict(zip(asked, ctx.finetune_many(list(asked.values()))))
+        # LT-SFT (Ansell et al.): the top-k entries of the full fine-tune's delta, retrained from the base.
+        lt_asked = {(task.name, seed): ft(task, seed, "lt-sft", train_cfg=cfg.finetune, mask=global_topk_mask(
+                    deltas_of(tuned_by[cfg.regimes[0], task.name, seed, "run"], base), float(cfg.mask_fraction)))
+                    for task in tasks for seed in range(cfg.control_seeds)}
+        lt_by = dict(zip(lt_asked, ctx.finetune_many(list(lt_asked.values()))))
 
         def kept_curves(delta: StateDict, run_delta: StateDict, task, seed, evals, b: Scores, t: Scores,
                         selectors: list[str], fractions: dict[str, list[float]], salt: int) -> dict[str, dict[float, dict[str, float]]]:
@@ -308,7 +335,7 @@ class WeightDeltaStudy(Study):
                     evals = eval_examples(task, level, ctx.cfg.eval.examples, ctx.cfg.eval.seed)
                     b = scorer(base, evals)
                     for seed in range(cfg.seeds):
-                        tuned = ft(task, seed, regime)
+                        tuned = tuned_by[regime, task.name, seed, "run"]
                         delta = deltas_of(tuned, base)
                         t = scorer(tuned, evals)
                         runs.append(Run(regime, task.name, seed, delta, b, t,
@@ -317,7 +344,7 @@ class WeightDeltaStudy(Study):
                         advance()
                     for seed in range(cfg.control_seeds):
                         run = next(r for r in runs if (r.regime, r.task, r.seed) == (regime, task.name, seed))
-                        shuffled = deltas_of(ft(task, seed, regime, mixture=ShuffledTargets(TaskMixture([task], levels, seed=1000 + seed))), base)
+                        shuffled = deltas_of(tuned_by[regime, task.name, seed, "shuffled"], base)
                         gauss = gaussian_like(run.delta, seed=9000 + seed)
                         k_fit = {name: all_k[name] for name in fitted}
                         controls.append({"regime": regime, "task": task.name, "seed": seed, "run": run, "shuffled_delta": shuffled,
@@ -328,11 +355,9 @@ class WeightDeltaStudy(Study):
                         continue
                     for seed in range(cfg.control_seeds):
                         run = next(r for r in runs if (r.regime, r.task, r.seed) == (regime, task.name, seed))
-                        # LT-SFT (Ansell et al.): the top-k entries of the full fine-tune's delta, retrained from the base.
-                        lt = ft(task, seed, "lt-sft", mask=global_topk_mask(run.delta, float(cfg.mask_fraction)), train_cfg=cfg.finetune)
+                        lt = lt_by[task.name, seed]
                         advance()
-                        shapes = {k: v.shape for k, v in base.items()}
-                        rnd = ft(task, seed, "random-mask", mask=random_mask(shapes, cfg.mask_fraction, seed=5000 + seed), train_cfg=cfg.finetune)
+                        rnd = tuned_by[regime, task.name, seed, "random"]
                         advance()
                         imposed.append({"task": task.name, "seed": seed, "run": run,
                                         "lt": scorer(lt, evals), "random": scorer(rnd, evals)})
@@ -358,6 +383,7 @@ class WeightDeltaStudy(Study):
             f"is measured at level {level}, which the base never trained on. {len(valid)} of {len(primary)} runs of the first regime "
             f"gained at least {cfg.min_gain} exact match and enter the verdicts. Intervals: t-intervals on task means "
             f"(nominal {cfg.level:.0%}; the achieved level is shown beside each), with seeds nested in tasks."))
+        result.notes[1:1] = selection.notes()
         return result
 
     # -- 1. concentration ----------------------------------------------------------------------------
