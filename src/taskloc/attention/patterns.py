@@ -78,9 +78,6 @@ class Selection:
     # so kernels gather blocks instead of keys.
     blocks: tuple[torch.Tensor, torch.Tensor] | None = None
     unit: int = 1
-    # Vertical-slash's choice as lists: column ids (B, H, Nv) and diagonal offsets (B, H, Ns), so
-    # kernels gather each query's diagonal keys exactly instead of a row's covering key list.
-    lines: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def allowed(self) -> torch.Tensor:
         """The attended set as a dense (B, H, Tq, Tk) bool (tests and small inputs only)."""
@@ -245,10 +242,7 @@ def vertical_slash(spec: PatternSpec, q: torch.Tensor, k: torch.Tensor, scale: f
     lo = (first[:, None] - keys[None, :]).clamp(min=0, max=t_k)
     reached = (ahead[:, :, hi] - ahead[:, :, lo.clamp(max=hi)]) > 0  # (B, H, R, Tk)
     member = vert[:, :, None, :] | reached
-    lines = (torch.topk(vert.to(torch.uint8), max(1, n_vert), dim=-1).indices,
-             torch.topk(diag.to(torch.uint8), n_slash, dim=-1).indices)  # the chosen ids (ties: all True)
-    return Selection(member, rows, t_q, vert=vert, slash=diag, select_flops=2 * b * h * n_last * t_k * d,
-                     lines=lines)
+    return Selection(member, rows, t_q, vert=vert, slash=diag, select_flops=2 * b * h * n_last * t_k * d)
 
 
 @PATTERNS.register("top-k")

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .flops import FlopLedger
 from .kernels import ATTENTION, PatternSite, dense_attention, grouped_values
@@ -62,99 +63,129 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor, unit: int = 1) -> torch.Tens
     return flat.view(b, h, idx.shape[2], idx.shape[3] * unit, d)
 
 
+# Gathered keys per chunk of rows, in floats (B x H x rows-in-chunk x width x D): chunks keep the
+# gathered copies near cache size and pad each chunk only to its own longest key list (under the
+# causal rule key lists grow along the sequence, so one width for all rows would double the work).
+CHUNK_FLOATS = 1 << 22
+
+
+def _keys_of(sel: Selection, t_k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Each row's keys as idx, valid (B, H, R, L) in units of ``unit`` positions, and the unit."""
+    if sel.blocks is not None and t_k % sel.unit == 0:
+        return (*sel.blocks, sel.unit)  # whole key blocks: gather blocks, not keys
+    return (*key_lists(sel.member), 1)
+
+
+def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selection, scale: float,
+                    ledger: FlopLedger | None = None) -> torch.Tensor | None:
+    """Prefill over whole blocks with the diagonal block in each list (block-sparse): each row's
+    blocks are gathered with its diagonal block last, so the causal rule is the lower-right
+    triangle of one (rows, L) mask and the rows go through SDPA's fused kernel as a batch
+    (no (rows, L) score tensor, no full-size mask). None when the Selection is not of that form."""
+    b, h, t_q, d = q.shape
+    t_k = k.shape[2]
+    if sel.blocks is None or sel.vert is not None or sel.unit != sel.rows or t_q != t_k or t_k % sel.unit:
+        return None
+    ids, valid = sel.blocks  # (B, H, R, K): ascending ids, then padding
+    n_rows, width = ids.shape[2], ids.shape[3]
+    count = valid.sum(-1, keepdim=True)  # (B, H, R, 1)
+    slot = torch.arange(width, device=q.device)
+    ids = ids.gather(-1, (slot + count) % width)  # right-aligned: padding first, the largest id last
+    valid = slot >= width - count
+    if not torch.equal(ids[..., -1], torch.arange(n_rows, device=q.device).expand(b, h, n_rows)):
+        return None  # some row lacks its diagonal block: the triangle rule would not hold
+    unit = sel.unit
+    tri = torch.ones(unit, unit, dtype=torch.bool, device=q.device).tril()  # (rows, unit): key u <= query i
+    per_row = bool((valid == valid[:1, :1]).all())  # padding depends on the row only (fixed budgets)
+    vmask = valid[:1, :1] if per_row else valid  # (B' , H', R, K)
+    allowed = vmask[..., None, :, None].expand(*vmask.shape[:3], unit, width, unit).clone()
+    allowed[..., -1, :] &= tri  # (B', H', R, rows, K, unit): the diagonal block is causal
+    allowed = allowed.flatten(-2)  # (B', H', R, rows, L)
+    kh, vh = per_head(k, h), per_head(v, h)
+    kg, vg = gather_rows(kh, ids, unit), gather_rows(vh, ids, unit)  # (B, H, R, L, D)
+    lw = width * unit
+    mask = allowed.flatten(0, 1) if not per_row else allowed[0]  # broadcasts over (B*H)
+    out = F.scaled_dot_product_attention(q.view(b * h, n_rows, unit, d), kg.view(b * h, n_rows, lw, d),
+                                         vg.view(b * h, n_rows, lw, vg.shape[-1]), attn_mask=mask, scale=scale)
+    if ledger is not None:
+        attended = int(allowed.sum()) * (b * h if per_row else 1)
+        ledger.add(q.shape, t_k, v.shape[-1], attended=attended, computed=b * h * t_q * lw,
+                   select_flops=sel.select_flops)
+    return out.view(b, h, t_q, v.shape[-1])
+
+
 def gathered_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selection, mask: torch.Tensor | None,
                        scale: float, pattern_site: PatternSite, ledger: FlopLedger | None = None) -> torch.Tensor:
-    """Attend each row's gathered key list. q (B, H, Tq, D); k, v (B, Hkv, Tk, D) -> (B, H, Tq, Dv)."""
-    b, h, t_q, _d = q.shape
-    t_k = k.shape[2]
+    """Attend each row's gathered key list, chunk by chunk of rows. q (B, H, Tq, D); k, v (B, Hkv,
+    Tk, D) -> (B, H, Tq, Dv). The element rule (vertical-slash, sliding window) and the caller's
+    mask are applied at the gathered keys; without a hook SDPA's fused kernel attends each chunk."""
+    b, h, t_q, d = q.shape
+    t_k, dv = k.shape[2], v.shape[-1]
+    if mask is None and not pattern_site.active:
+        out = block_attention(q, k, v, sel, scale, ledger)
+        if out is not None:
+            return out
     n_rows, rows = sel.member.shape[2], sel.rows
     kh, vh = per_head(k, h), per_head(v, h)  # (B, H, Tk, D): views' copies only under GQA
-    if sel.blocks is not None and t_k % sel.unit == 0:
-        # Whole key blocks: gather blocks, not keys (L/unit contiguous copies per row).
-        block_idx, block_valid = sel.blocks  # (B, H, R, K)
-        kg, vg = gather_rows(kh, block_idx, sel.unit), gather_rows(vh, block_idx, sel.unit)  # (B, H, R, L, D)
-        pos = block_idx[..., None] * sel.unit + torch.arange(sel.unit, device=q.device)
-        idx = pos.flatten(-2)  # (B, H, R, L)
-        valid = block_valid.repeat_interleave(sel.unit, dim=-1)
-    else:
-        idx, valid = key_lists(sel.member)
-        kg, vg = gather_rows(kh, idx), gather_rows(vh, idx)
-    width = idx.shape[-1]
-    qr = _row_view(q * scale, rows, n_rows)  # (B, H, R, rows, D): scaled before, Tq x D not Tq x L
-    scores = qr @ kg.transpose(-1, -2)  # (B, H, R, rows, L)
-    qpos = _row_view(query_positions(t_q, t_k, q.device)[None, None], rows, n_rows)[0, 0]  # (R, rows)
-    keys = idx[..., None, :]  # (B, H, R, 1, L)
-    allowed = valid[..., None, :] & (keys <= qpos[..., None])
-    if sel.vert is not None:
-        bi = torch.arange(b, device=q.device)[:, None, None, None]
-        hi = torch.arange(h, device=q.device)[None, :, None, None]
-        offset = (qpos[..., None] - keys).clamp_(min=0)  # (B, H, R, rows, L)
-        allowed &= sel.vert[bi, hi, idx][..., None, :] | torch.gather(
-            sel.slash[:, :, None, None, :].expand(b, h, n_rows, rows, t_k), -1, offset)
-    if mask is not None:
-        full = _row_view(mask.expand(b, h, t_q, t_k), rows, n_rows)  # (B, H, R, rows, Tk)
-        scores = _masked(scores, allowed, torch.gather(full, -1, keys.expand(b, h, n_rows, rows, width)))
-    scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
-    if ledger is not None:
-        ledger.add(q.shape, t_k, v.shape[-1], attended=int(allowed.flatten(2, 3)[:, :, :t_q].sum()),
-                   computed=int(valid.sum()) * rows, select_flops=sel.select_flops)
-    if pattern_site.active:  # hooks read and edit the dense pattern: scatter the rows back
-        dense = torch.zeros(b, h, n_rows, rows, t_k, dtype=probs.dtype, device=q.device)
+    ids, ids_valid, unit = _keys_of(sel, t_k)  # (B, H, R, K) units of ``unit`` keys
+    counts = ids_valid.sum(-1)  # (B, H, R)
+    qr = _row_view(q, rows, n_rows)  # (B, H, R, rows, D)
+    qpos_all = _row_view(query_positions(t_q, t_k, q.device)[None, None], rows, n_rows)[0, 0]  # (R, rows)
+    full = None if mask is None else _row_view(mask.expand(b, h, t_q, t_k), rows, n_rows)  # (B, H, R, rows, Tk)
+    lowest_dtype = q.dtype  # SDPA takes a float mask in the queries' dtype
+    lowest = torch.finfo(lowest_dtype).min
+    step = max(1, CHUNK_FLOATS // (b * h * max(1, int(counts.max())) * unit * max(d, dv)))  # rows per chunk
+    outs, patterns, attended, computed = [], [], 0, 0
+    for r0 in range(0, n_rows, step):
+        r1 = min(n_rows, r0 + step)
+        width = max(1, int(counts[:, :, r0:r1].max()))
+        idx_u = ids[:, :, r0:r1, :width]  # (B, H, Rc, Kc)
+        kg, vg = gather_rows(kh, idx_u, unit), gather_rows(vh, idx_u, unit)  # (B, H, Rc, Lc, D)
+        if unit > 1:
+            idx = (idx_u[..., None] * unit + torch.arange(unit, device=q.device)).flatten(-2)
+            valid = ids_valid[:, :, r0:r1, :width].repeat_interleave(unit, dim=-1)
+        else:
+            idx, valid = idx_u, ids_valid[:, :, r0:r1, :width]
+        qpos = qpos_all[r0:r1]  # (Rc, rows)
+        keys = idx[..., None, :]  # (B, H, Rc, 1, Lc)
+        allowed = valid[..., None, :] & (keys <= qpos[..., None])  # (B, H, Rc, rows, Lc)
+        if sel.vert is not None:
+            offset = (qpos[..., None] - keys).clamp_(min=0)  # (B, H, Rc, rows, Lc)
+            allowed &= torch.gather(sel.vert[:, :, None, :].expand(b, h, r1 - r0, t_k), -1, idx)[..., None, :] | (
+                torch.gather(sel.slash[:, :, None, :].expand(b, h, r1 - r0, t_k), -1, offset.flatten(-2))
+                .view_as(offset))
+        bias = None
+        if full is not None:
+            picked = torch.gather(full[:, :, r0:r1], -1, keys.expand(b, h, r1 - r0, rows, idx.shape[-1]))
+            if picked.dtype == torch.bool:
+                allowed &= picked
+            else:
+                bias = picked.to(lowest_dtype)
+        attended += int(allowed.flatten(2, 3)[:, :, : min(t_q, r1 * rows) - r0 * rows].sum())
+        computed += b * h * (r1 - r0) * rows * idx.shape[-1]  # padding rows and slots are multiplied too
+        if not pattern_site.active:
+            # Blocked pairs hold the lowest finite number, not -inf: a row with nothing allowed
+            # (a padding query) comes out uniform and finite, as in the dense kernel.
+            add = (torch.zeros(allowed.shape, dtype=lowest_dtype, device=q.device) if bias is None else bias)
+            add = add.masked_fill(~allowed, lowest)
+            o = F.scaled_dot_product_attention(qr[:, :, r0:r1].flatten(0, 1), kg.flatten(0, 1), vg.flatten(0, 1),
+                                               attn_mask=add.flatten(0, 1), scale=scale)
+            outs.append(o.view(b, h, r1 - r0, rows, dv))
+            continue
+        scores = (qr[:, :, r0:r1] * scale) @ kg.transpose(-1, -2)  # (B, H, Rc, rows, Lc)
+        if bias is not None:
+            scores = scores + bias.to(scores.dtype)
+        scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+        dense = torch.zeros(b, h, r1 - r0, rows, t_k, dtype=probs.dtype, device=q.device)
         # add, not assign: padding repeats a key, and its zero must not overwrite the real weight
-        dense.scatter_add_(-1, keys.expand(b, h, n_rows, rows, width), probs.masked_fill(~allowed, 0))
-        return grouped_values(pattern_site(dense.flatten(2, 3)[:, :, :t_q]), v)
-    return (probs @ vg).flatten(2, 3)[:, :, :t_q]  # (B, H, Tq, Dv)
-
-
-
-def _masked(scores: torch.Tensor, allowed: torch.Tensor, picked: torch.Tensor) -> torch.Tensor:
-    """Apply the caller's mask at the gathered keys: a boolean mask narrows ``allowed`` (in
-    place), an additive one is added to the scores."""
-    if picked.dtype == torch.bool:
-        allowed &= picked
-        return scores
-    return scores + picked.to(scores.dtype)
-
-def line_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Selection, mask: torch.Tensor | None,
-                   scale: float, pattern_site: PatternSite, ledger: FlopLedger | None = None) -> torch.Tensor:
-    """Vertical-slash exactly: every query attends the chosen columns (one matmul against the
-    gathered columns) and its own key on each chosen diagonal (gathered per query), one softmax
-    over both. Work: Tq x (Nv + Ns) x D, whatever the diagonals' spread."""
-    b, h, t_q, _d = q.shape
-    t_k = k.shape[2]
-    cols, offs = sel.lines  # (B, H, Nv), (B, H, Ns)
-    kh, vh = per_head(k, h), per_head(v, h)
-    qpos = query_positions(t_q, t_k, q.device)  # (Tq,)
-    vert_ok = sel.vert.gather(-1, cols)  # (B, H, Nv): False where topk padded with unchosen ids
-    slash_ok = sel.slash.gather(-1, offs)
-    kc, vc = gather_rows(kh, cols[:, :, None]), gather_rows(vh, cols[:, :, None])  # (B, H, 1, Nv, D)
-    qs = q * scale
-    s_col = qs @ kc[:, :, 0].transpose(-1, -2)  # (B, H, Tq, Nv)
-    ok_col = vert_ok[:, :, None, :] & (cols[:, :, None, :] <= qpos[:, None])
-    on_diag = qpos[:, None] - offs[:, :, None, :]  # (B, H, Tq, Ns): each query's key on each diagonal
-    ok_diag = slash_ok[:, :, None, :] & (on_diag >= 0)
-    on_diag = on_diag.clamp_(min=0)
-    ok_diag &= ~sel.vert.gather(-1, on_diag.flatten(2)).view_as(on_diag)  # a column key counts once
-    kd, vd = gather_rows(kh, on_diag), gather_rows(vh, on_diag)  # (B, H, Tq, Ns, D)
-    s_diag = (qs[:, :, :, None, :] @ kd.transpose(-1, -2)).squeeze(-2)  # (B, H, Tq, Ns): batched, no product tensor
-    scores = torch.cat([s_col, s_diag], dim=-1)
-    keys = torch.cat([cols[:, :, None, :].expand_as(s_col), on_diag], dim=-1)  # (B, H, Tq, Nv + Ns)
-    allowed = torch.cat([ok_col, ok_diag], dim=-1)
-    if mask is not None:
-        scores = _masked(scores, allowed, torch.gather(mask.expand(b, h, t_q, t_k), -1, keys))
-    scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(v.dtype)
+        dense.scatter_add_(-1, keys.expand_as(probs), probs.masked_fill(~allowed, 0))
+        patterns.append(dense)
     if ledger is not None:
-        pairs = int(allowed.sum())
-        ledger.add(q.shape, t_k, v.shape[-1], attended=pairs, computed=b * h * t_q * keys.shape[-1],
-                   select_flops=sel.select_flops)
-    if pattern_site.active:
-        dense = torch.zeros(b, h, t_q, t_k, dtype=probs.dtype, device=q.device)
-        dense.scatter_add_(-1, keys, probs.masked_fill(~allowed, 0))
-        return grouped_values(pattern_site(dense), v)
-    n_col = cols.shape[-1]
-    return probs[..., :n_col] @ vc[:, :, 0] + (probs[..., None, n_col:] @ vd).squeeze(-2)  # (B, H, Tq, Dv)
+        ledger.add(q.shape, t_k, dv, attended=attended, computed=computed, select_flops=sel.select_flops)
+    if pattern_site.active:  # hooks read and edit the dense pattern
+        return grouped_values(pattern_site(torch.cat(patterns, dim=2).flatten(2, 3)[:, :, :t_q]), v)
+    return torch.cat(outs, dim=2).flatten(2, 3)[:, :, :t_q]  # (B, H, Tq, Dv)
 
 
 _FLEX = None
@@ -234,8 +265,6 @@ class SparseAttention:
         if (self.backend == "flex" and t_q == t_k and t_k % sel.rows == 0 and mask is None
                 and not pattern_site.active and self.ledger is None):
             return flex_attention_sparse(q, k, v, sel, scale)
-        if sel.lines is not None:
-            return line_attention(q, k, v, sel, mask, scale, pattern_site, self.ledger)
         return gathered_attention(q, k, v, sel, mask, scale, pattern_site, self.ledger)
 
 
