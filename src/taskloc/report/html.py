@@ -26,7 +26,7 @@ th{background:#eef1f5;font-weight:600} td.num{text-align:right;font-variant-nume
 figure{margin:0;background:#fff;border:1px solid #e4e7ec;border-radius:8px;padding:10px}
 figure img{width:100%;height:auto} figcaption{font-size:13px;color:#4a5363;margin-top:4px}
 .note{background:#fff;border-left:4px solid #8aa4c8;padding:6px 12px;margin:8px 0;font-size:14px}
-.muted{color:#6b7482;font-size:13px}
+.muted{color:#6b7482;font-size:13px} details{margin-top:4px} summary{cursor:pointer}
 """
 
 
@@ -49,19 +49,21 @@ def _verdict_table(claims: list[dict[str, Any]]) -> str:
     if not claims:
         return '<p class="muted">This run tested no claims.</p>'
     rows = []
-    for c in claims:
+    for c in sorted(claims, key=lambda c: c["id"]):  # C0..C6 in order, whichever study ran first
         cls = c["verdict"].replace(" ", "-")
-        reason = f"<br><span class='muted'><i>{html.escape(c['reason'])}</i></span>" if c.get("reason") else ""
+        # the badge reads at a glance; why it was given (numbers, then the rule) opens on a click
+        reason = f"<i>{html.escape(c['reason'])}</i><br>" if c.get("reason") else ""
         rows.append(
             f"<tr><td><a href='#claim-{html.escape(c['id'])}'><b>{html.escape(c['id'])}</b></a><br>"
             f"<span class='muted'>{html.escape(c['study'])}</span></td><td>{html.escape(c['statement'])}</td>"
             f"<td>{html.escape(c['measure'])}: <b>{_fmt(c['value'])}</b></td>"
             f"<td class='num'>{_interval(c)}</td>"
             f"<td>{html.escape(c['control'])}</td>"
-            f"<td><span class='badge {cls}'>{html.escape(c['verdict'])}</span>{reason}<br>"
-            f"<span class='muted'>rule: {html.escape(c['rule'])}</span></td></tr>"
+            f"<td><span class='badge {cls}'>{html.escape(c['verdict'])}</span>"
+            f"<details><summary class='muted'>why</summary><span class='muted'>{reason}rule: {html.escape(c['rule'])}</span>"
+            "</details></td></tr>"
         )
-    head = "<tr><th>claim</th><th>statement</th><th>measured figure</th><th>interval</th><th>control</th><th>verdict (rule)</th></tr>"
+    head = "<tr><th>claim</th><th>statement</th><th>measured figure</th><th>interval</th><th>control</th><th>verdict</th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -72,9 +74,10 @@ def _precondition_table(checks: list[dict[str, Any]]) -> str:
         f"<tr><td><b>{html.escape(p['id'])}</b><br><span class='muted'>{html.escape(p['study'])}</span></td>"
         f"<td>{html.escape(p['statement'])}</td><td>{html.escape(p['measure'])}: <b>{_fmt(p['value'])}</b></td>"
         f"<td class='num'>{_interval(p)}</td><td>{html.escape(p['control'])}</td>"
-        f"<td><span class='badge {p['check']}'>{html.escape(p['check'])}</span><br><span class='muted'>{html.escape(p['rule'])}</span></td></tr>"
+        f"<td><span class='badge {p['check']}'>{html.escape(p['check'])}</span><details><summary class='muted'>rule</summary>"
+        f"<span class='muted'>{html.escape(p['rule'])}</span></details></td></tr>"
         for p in checks)
-    head = "<tr><th>precondition</th><th>statement</th><th>measured figure</th><th>interval</th><th>for reference</th><th>check (rule)</th></tr>"
+    head = "<tr><th>precondition</th><th>statement</th><th>measured figure</th><th>interval</th><th>for reference</th><th>check</th></tr>"
     return ("<h2>Preconditions</h2><p class='muted'>Checks that make the verdicts meaningful; a claim whose study "
             f"requires a failed precondition is reported as inconclusive.</p><table>{head}{rows}</table>")
 
