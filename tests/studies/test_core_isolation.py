@@ -6,7 +6,8 @@ import torch
 
 from cli_runner import cli
 from taskloc.errors import ConfigError
-from taskloc.studies.core_isolation import BEATS_MIXED, CoreIsolationConfig
+from taskloc.studies.base import Claim, StudyResult
+from taskloc.studies.core_isolation import BEATS_MIXED, CoreIsolationConfig, CoreIsolationStudy
 from taskloc.studies.core_isolation_plan import consolidation_stages, heuristic_order, overlap_summary, paired, related, trainable_outside, union
 
 TASKS = ["add", "arith", "sort", "reverse"]
@@ -76,8 +77,31 @@ def test_paired_difference_runs_over_tasks_with_seeds_nested():
     assert wide.value == pytest.approx(est.value)
 
 
+def _claim(verdict):
+    return Claim(id="C4", statement="s", verdict=verdict, measure="m", value=0.1, interval=(0.05, 0.2), level=0.95, control="c",
+                 rule="r", reason="why")
+
+
+def test_claims_are_downgraded_when_a_task_was_not_learned():
+    cfg = CoreIsolationConfig(tasks=TASKS, min_gain=0.2)
+    base = {t: 0.0 for t in TASKS}
+    learned = {0: {"add": 0.5, "arith": 0.3, "sort": 0.9, "reverse": 0.25}, 1: {"add": 0.4, "arith": 0.2, "sort": 0.9, "reverse": 0.2}}
+    result = StudyResult(claims=[_claim("supported")])
+    CoreIsolationStudy()._tasks_learned(cfg, TASKS, base, learned, result)
+    pre = result.preconditions[0]
+    assert pre.check == "pass" and pre.value == pytest.approx(0.225) and pre.interval == (pytest.approx(0.2), pytest.approx(0.25))
+    assert result.claims[0].verdict == "supported" and result.metrics["probe_gains"]["add"] == pytest.approx(0.45)
+    # arith's fine-tune gains 0.15 over a base at 0.1: below the bar, so no verdict either way
+    result = StudyResult(claims=[_claim("not supported"), _claim("supported")])
+    CoreIsolationStudy()._tasks_learned(cfg, TASKS, {**base, "arith": 0.1}, learned, result)
+    assert result.preconditions[0].check == "fail" and result.preconditions[0].value == pytest.approx(0.15)
+    assert all(c.verdict == "inconclusive" and "core-isolation-tasks-learned" in c.reason for c in result.claims)
+    assert "arith" in result.notes[-1]
+
+
 @pytest.mark.parametrize("key, value", [("p", 0.0), ("p", 101.0), ("tau", 1.5), ("tau", -0.1), ("p_grid", [0.1, 0.0]),
-                                        ("tau_grid", [2.0]), ("seeds", 0), ("forgetting_pairs", [["add", "hop"]])])
+                                        ("tau_grid", [2.0]), ("seeds", 0), ("forgetting_pairs", [["add", "hop"]]),
+                                        ("finetune_on", "trained"), ("min_gain", 1.5)])
 def test_bad_settings_name_the_key(key, value):
     with pytest.raises(ConfigError, match=f"studies.core-isolation.{key}"):
         CoreIsolationConfig.from_dict({key: value}, "studies.core-isolation.")

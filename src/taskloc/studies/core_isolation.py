@@ -4,9 +4,11 @@ CPI-FT (Wang, Liang, Peng 2025; REFERENCE.md C4) against every standard way of m
 several tasks, all from the same base, the same data and the same step budget:
 
 - per task, a probe fine-tune from the base (S steps) on the task at the trained levels plus the
-  first level the base never saw (the target level, where accuracy is scored): the same runs, keys
-  and schedule as weight-delta's adamw regime, so when the two studies' schedules agree the cached
-  fine-tunes are shared, not retrained;
+  first level the base never saw (the target level, where accuracy is scored), or at the target
+  level alone (``finetune_on``); with the former, the same runs, keys and schedule as
+  weight-delta's adamw regime, so when the two studies' schedules agree the cached fine-tunes are
+  shared, not retrained. A precondition asks that each probe learned its target level (gain >=
+  ``min_gain``): without a learned skill there is nothing to merge, and C4's verdicts say so;
 - multi-task mixed fine-tuning (T x S + C steps: the probes' and the consolidation's budget);
 - sequential fine-tuning, one task after another (S steps each), in a random order and in a
   heuristic order by core overlap (temporal scheduling alone, CPI-FT's multi-stage baseline);
@@ -42,13 +44,13 @@ from ..registry import did_you_mean
 from ..tasks import TASKS, get_task
 from ..tasks.mixture import TaskMixture, eval_examples
 from ..train import TrainConfig
-from .base import STUDIES, Claim, Study, StudyResult, bars_figure, decide_claim, heatmap_figure, lines_figure
+from .base import STUDIES, Claim, Precondition, Study, StudyResult, bars_figure, decide_claim, heatmap_figure, lines_figure
 from .context import StudyContext
 from .core_isolation_plan import consolidation_stages, family_of, heuristic_order, overlap_summary, paired, random_order, trainable_outside, union
 from .grafting import Scorer
 from .stats import NAN_INTERVAL, hierarchical_interval
 from .task_selection import TaskSelection, has_levels, select_tasks, skipped_result
-from .verdicts import Above, AllOf, Rule
+from .verdicts import Above, AllOf, Rule, Threshold, downgrade
 from .weight_delta import WeightDeltaStudy, jaccard, jaccard_chance
 
 StateDict = dict[str, torch.Tensor]
@@ -63,6 +65,11 @@ class CoreIsolationConfig(Config):
     families: dict[str, str] = field({}, "task -> family overrides for relatedness (built-in: add/trace/arith arithmetic, sort/reverse list)")
     seeds: int = field(2, "seeds (data order of every fine-tune); intervals run over tasks, seeds nest inside")
     target_level: int = field(0, "level whose exact match is scored (0: the first OOD level); must not be a trained level")
+    finetune_on: str = field("trained+target", "levels every fine-tune trains on: 'trained+target' (the base's trained levels and the "
+                                               "target level: weight-delta's mixture, whose runs are then shared) or 'target' (the "
+                                               "target level alone: three times its data per step)")
+    min_gain: float = field(0.2, "precondition: each task's own fine-tune gains at least this exact match at the target level over "
+                                 "the base (mean over seeds); otherwise C4's verdicts are inconclusive (nothing learned to merge)")
     finetune: TrainConfig = field(TrainConfig(steps=400, batch_size=64, lr=2e-3, warmup=30, eval_every=10**9, ckpt_every=100),
                                   "per-task schedule S (probes, sequential phases, forgetting); weight-delta's adamw schedule shares its runs")
     consolidation: TrainConfig = field(TrainConfig(steps=60, batch_size=64, lr=1e-3, warmup=5, eval_every=10**9, ckpt_every=100),
@@ -83,6 +90,9 @@ class CoreIsolationConfig(Config):
         for p in self.p_grid:
             parse_percent(self.key("p_grid"), p)
         unit_interval(self.key("tau"), self.tau)
+        if self.finetune_on not in FINETUNE_ON:
+            raise ConfigError(f"{self.key('finetune_on')}={self.finetune_on!r}: " + did_you_mean(self.finetune_on, list(FINETUNE_ON), "choice"))
+        unit_interval(self.key("min_gain"), self.min_gain)
         for t in self.tau_grid:
             unit_interval(self.key("tau_grid"), t)
         parse_percent(self.key("ties_k"), self.ties_k)
@@ -101,6 +111,8 @@ class CoreIsolationConfig(Config):
         if not 0.5 <= self.level < 1:
             raise ConfigError(f"{self.key('level')}={self.level} must lie in [0.5, 1).")
 
+
+FINETUNE_ON = ("trained+target", "target")
 
 # -- the rules that decide C4 -------------------------------------------------------------------------
 BEATS_MIXED = AllOf(Above("ci_minus_mixed", 0.0, "core isolation minus multi-task mixed fine-tuning (paired, target-level exact match)"),
@@ -155,7 +167,7 @@ class CoreIsolationStudy(Study):
         cfg = replace(cfg, tasks=selection.entries, forgetting_pairs=pairs)
         base = weights_of(ctx.base_model().model)  # CPU state dicts throughout
         level = WeightDeltaStudy.target_level(cfg, ctx.cfg)
-        levels = sorted(set(ctx.cfg.data.train_levels) | {level})
+        levels = [level] if cfg.finetune_on == "target" else sorted(set(ctx.cfg.data.train_levels) | {level})
         tasks = {name: get_task(name) for name in cfg.tasks}
         names = list(cfg.tasks)
         scorer = Scorer(ctx.new_model())
@@ -263,6 +275,7 @@ class CoreIsolationStudy(Study):
                                       "budget": {"per_task_steps": S.steps, "consolidation_steps": C.steps, "mixed_steps": mixed_cfg.steps,
                                                  "sequential_steps": len(names) * S.steps, "batch_size": S.batch_size}})
         self._report(cfg, names, base_scores, acc, jac_by_seed, chance_by_seed, forgetting, ablation, result)
+        self._tasks_learned(cfg, names, base_scores, acc["probe (own task)"], result)
         result.notes[1:1] = cut
         return result
 
@@ -283,6 +296,31 @@ class CoreIsolationStudy(Study):
             f"{b['mixed_steps']} for the mixed baseline (probes plus consolidation; sequential runs get {b['sequential_steps']}). "
             f"Intervals: {lvl} t-intervals on task means (exact coverage for normal task means; {len(names)} tasks, "
             f"{len(names) - 1} df), with the exact sign test over tasks beside them."))
+
+    def _tasks_learned(self, cfg, names, base_scores, probes: dict[int, dict[str, float]], result: StudyResult) -> None:
+        """Precondition: every task's own fine-tune learned its target level. Merging, isolating or
+        forgetting a skill no fine-tune acquired measures nothing, so C4's verdicts are downgraded
+        to inconclusive when one task gains less than ``min_gain``."""
+        gains = {n: [probes[s][n] - base_scores[n] for s in sorted(probes)] for n in names}
+        worst = min(names, key=lambda n: (float(np.mean(gains[n])), names.index(n)))
+        value = float(np.mean(gains[worst]))
+        rule = Threshold(cfg.min_gain, "the smallest task gain")
+        check = rule.check(value)
+        result.metrics["probe_gains"] = {n: float(np.mean(g)) for n, g in gains.items()}
+        result.preconditions.append(Precondition(
+            id="core-isolation-tasks-learned", statement="each task's own fine-tune learns its target level (there is a skill to merge)",
+            check=check, measure="smallest gain over tasks of a task's own fine-tune at the target level (exact match, mean over seeds)",
+            value=value, interval=(float(min(gains[worst])), float(max(gains[worst]))),
+            control=f"gain per task (mean over {len(probes)} seed(s); interval: the worst task's lowest and highest seed): "
+                    + ", ".join(f"{n} {np.mean(g):.2f}" for n, g in gains.items()),
+            rule=rule.describe(), study=self.name))
+        if check == "pass":
+            return
+        for claim in result.claims:
+            claim.verdict, note = downgrade(claim.verdict, ["core-isolation-tasks-learned"])
+            claim.reason = f"{note}; {claim.reason}"
+        result.notes.append(f"Verdicts are inconclusive: {worst}'s own fine-tune gained only {value:.2f} exact match at the target level "
+                            f"(the bar is {cfg.min_gain:g}), so the methods were compared on a skill that was never learned.")
 
     def _methods(self, cfg, names, base_scores, acc, result: StudyResult) -> None:
         rows, mean_group = [], {"label": "mean over tasks", "values": [], "lo": [], "hi": []}
