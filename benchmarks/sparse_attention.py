@@ -16,12 +16,15 @@ the max |difference| between the backends' outputs. Target: gather or flex >= 4x
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
 from taskloc.attention import FlopLedger, PatternSpec, SparseAttention, sparse_kernel
+from taskloc.attention.patterns import require_blocks
+from taskloc.errors import ConfigError, TasklocError
 from taskloc.hooks import HookPoint
 
 TARGET = 4.0
@@ -39,7 +42,35 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
     return min(times), out
 
 
-def main() -> None:
+def inputs(kind: str, t: int, heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (1, heads, t, head_dim), one draw. ``gaussian``: i.i.d. N(0, 1), so the chosen
+    diagonals and blocks are scattered (no structure for a kernel to exploit: the worst case for
+    vertical-slash). ``positional``: the same draw plus a shared sinusoidal position code in q and
+    k, so q_p.k_j carries a term that depends on p - j only, the relative-position structure that
+    makes real attention's slash lines (MInference's setting)."""
+    gen = torch.Generator().manual_seed(t)
+    q, k, v = (torch.randn(1, heads, t, head_dim, generator=gen) for _ in range(3))
+    if kind == "positional":
+        freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2) / head_dim))  # (D/2,)
+        angle = torch.arange(t)[:, None] * freq  # (T, D/2)
+        code = torch.cat([angle.sin(), angle.cos()], dim=-1)  # (T, D): code_p . code_j = sum_i cos((p-j) w_i)
+        q, k = q + 2 * code, k + 2 * code
+    return q, k, v
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every setting refused up front, before minutes of dense timing, as one TasklocError line."""
+    if args.threads < 1 or args.repeats < 1 or args.heads < 1 or args.head_dim < 1:
+        raise ConfigError("--threads, --repeats, --heads and --head-dim must be >= 1.")
+    for pattern in args.patterns:
+        spec = PatternSpec(pattern, args.density, block=args.block).check()
+        for t in args.lengths:
+            if t < 1:
+                raise ConfigError(f"--lengths {t}: a context length must be >= 1.")
+            require_blocks(spec, t, t)
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
     ap.add_argument("--heads", type=int, default=8)
@@ -49,36 +80,46 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--patterns", nargs="+", default=["block-sparse", "vertical-slash"])
+    ap.add_argument("--inputs", nargs="+", choices=["gaussian", "positional"], default=["gaussian"],
+                    help="input draws (see inputs()); gaussian is the target's")
     ap.add_argument("--no-flex", action="store_true", help="skip torch.compile(flex_attention)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    try:
+        check(args)
+    except TasklocError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     site = HookPoint()
     print(f"threads={args.threads} heads={args.heads} head_dim={args.head_dim} density={args.density:.4f} "
           f"block={args.block} repeats={args.repeats}")
-    for t in args.lengths:
-        gen = torch.Generator().manual_seed(t)
-        q, k, v = (torch.randn(1, args.heads, t, args.head_dim, generator=gen) for _ in range(3))
-        dense_s, _dense_out = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True), args.repeats)
-        print(f"T={t} dense sdpa {dense_s * 1e3:.1f} ms")
-        for pattern in args.patterns:
-            spec = PatternSpec(pattern, args.density, block=args.block)
-            ledger = FlopLedger()
-            SparseAttention(spec, "gather", ledger)(q, k, v, site)  # exact pair counts
-            outs = {}
-            for backend in ("gather",) if args.no_flex else ("gather", "flex"):
-                kern = sparse_kernel(pattern, args.density, backend=backend, block=args.block)
-                start = time.perf_counter()
-                kern(q, k, v, site)
-                first = time.perf_counter() - start
-                s, outs[backend] = timed(lambda kern=kern, q=q, k=k, v=v: kern(q, k, v, site), args.repeats)
-                ratio = dense_s / s
-                verdict = "meets" if ratio >= TARGET else "misses"
-                print(f"T={t} {pattern:14s} {backend:6s} {s * 1e3:8.1f} ms  ratio {ratio:5.2f}x ({verdict} {TARGET:g}x)"
-                      f"  first call {first:.1f} s  density {ledger.density:.4f}"
-                      f"  computed/attended {ledger.computed / ledger.attended:.2f}")
-            if len(outs) == 2:
-                print(f"T={t} {pattern:14s} max |gather - flex| = {(outs['gather'] - outs['flex']).abs().max():.2e}")
+    for kind in args.inputs:
+        for t in args.lengths:
+            q, k, v = inputs(kind, t, args.heads, args.head_dim)
+            dense_s, _dense_out = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                        args.repeats)
+            print(f"{kind} T={t} dense sdpa {dense_s * 1e3:.1f} ms")
+            for pattern in args.patterns:
+                spec = PatternSpec(pattern, args.density, block=args.block)
+                ledger = FlopLedger()
+                SparseAttention(spec, "gather", ledger)(q, k, v, site)  # exact pair counts
+                outs = {}
+                for backend in ("gather",) if args.no_flex else ("gather", "flex"):
+                    kern = sparse_kernel(pattern, args.density, backend=backend, block=args.block)
+                    start = time.perf_counter()
+                    kern(q, k, v, site)
+                    first = time.perf_counter() - start
+                    s, outs[backend] = timed(lambda kern=kern, q=q, k=k, v=v: kern(q, k, v, site), args.repeats)
+                    ratio = dense_s / s
+                    verdict = "meets" if ratio >= TARGET else "misses"
+                    print(f"{kind} T={t} {pattern:14s} {backend:6s} {s * 1e3:8.1f} ms  ratio {ratio:5.2f}x "
+                          f"({verdict} {TARGET:g}x)  first call {first:.1f} s  density {ledger.density:.4f}"
+                          f"  computed/attended {ledger.computed / ledger.attended:.2f}")
+                if len(outs) == 2:
+                    print(f"{kind} T={t} {pattern:14s} max |gather - flex| = "
+                          f"{(outs['gather'] - outs['flex']).abs().max():.2e}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

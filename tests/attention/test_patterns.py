@@ -133,6 +133,16 @@ def test_attended_set_matches_naive_mask_and_kernel_attends_it(name, t_q, t_k, d
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_strided_inputs_as_a_model_passes_them(name):
+    # TinyLM hands the kernel q, k, v sliced out of one projection: strided views, not contiguous.
+    q, k, v = qkv(32, 32, h_kv=4)
+    qs, ks, vs = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    assert not qs.is_contiguous()
+    kernel = sparse_kernel(name, 0.25, **SETTINGS)
+    torch.testing.assert_close(kernel(qs, ks, vs, HookPoint()), kernel(q, k, v, HookPoint()), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_a_hook_sees_the_sparse_pattern_and_edits_it(name):
     q, k, v = qkv(32, 32)
     spec = PatternSpec(name, 0.25, **SETTINGS)

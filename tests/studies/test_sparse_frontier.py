@@ -33,7 +33,13 @@ def test_quick_run_end_to_end(tmp_path, capsys):
             dense = next(d for d in rows if d[0] == r[0] and d[1] == r[1] and d[2] == "dense")
             assert r[4] < 1 and r[5] < dense[5]
     assert {f["name"] for f in study["figures"]} == {"sparse-accuracy-prefill", "sparse-accuracy-decode",
-                                                     "isoflop-prefill", "isoflop-decode"}
+                                                     "isoflop-prefill", "isoflop-decode",
+                                                     "isoflop-total-prefill", "isoflop-total-decode"}
+    for r in rows:  # the total view adds the same matmuls to every setting of one width
+        assert r[6] > r[5]
+    notes = " ".join(study["notes"])
+    for mode in ("prefill", "decode"):  # both bases reported, the verdict's (attention) one in the verdict
+        assert f"{mode}, attention FLOPs:" in notes and f"(not in the verdict) {mode}, total FLOPs:" in notes
     (claim,) = [c for c in doc["claims"] if c["study"] == "sparse-frontier"]
     assert claim["id"] == "C6" and claim["verdict"] in ("supported", "not supported", "inconclusive")
 

@@ -105,7 +105,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sel: Sele
     kg, vg = gather_rows(kh, ids, unit), gather_rows(vh, ids, unit)  # (B, H, R, L, D)
     lw = width * unit
     mask = allowed.flatten(0, 1) if not per_row else allowed[0]  # broadcasts over (B*H)
-    out = F.scaled_dot_product_attention(q.view(b * h, n_rows, unit, d), kg.view(b * h, n_rows, lw, d),
+    out = F.scaled_dot_product_attention(q.reshape(b * h, n_rows, unit, d), kg.view(b * h, n_rows, lw, d),
                                          vg.view(b * h, n_rows, lw, vg.shape[-1]), attn_mask=mask, scale=scale)
     if ledger is not None:
         attended = int(allowed.sum()) * (b * h if per_row else 1)
