@@ -133,6 +133,32 @@ def test_attended_set_matches_naive_mask_and_kernel_attends_it(name, t_q, t_k, d
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("t_q, t_k", [(32, 32), (3, 32), (1, 29)])
+def test_chunks_of_rows_attend_the_same_set(name, t_q, t_k, monkeypatch):
+    # One row per chunk (each padded to its own width) against the reference mask, with and
+    # without a hook, with a boolean and an additive caller mask; the ledger sums the chunks.
+    import taskloc.attention.sparse as sparse
+
+    monkeypatch.setattr(sparse, "CHUNK_FLOATS", 1)
+    q, k, v = qkv(t_q, t_k)
+    spec = PatternSpec(name, 0.2, **SETTINGS)
+    allowed = select(spec, q, k).allowed()
+    keep = torch.rand(2, 1, 1, t_k, generator=torch.Generator().manual_seed(3)) > 0.2
+    keep[..., 0] = True
+    for mask, expect in ((None, allowed), (keep, allowed & keep),
+                         (torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, -1e30), allowed & keep)):
+        reference = masked_reference(q, k, v, expect)
+        for site in (HookPoint(), type("On", (), {"active": True, "__call__": lambda self, p: p})()):
+            ledger = FlopLedger()
+            out = SparseAttention(spec, "gather", ledger)(q, k, v, site, mask)
+            live = expect.any(-1, keepdim=True)  # rows with nothing allowed: unspecified but finite
+            torch.testing.assert_close(out * live, reference.nan_to_num() * live, rtol=0, atol=1e-12)
+            assert torch.isfinite(out).all()
+            if mask is None:
+                assert ledger.attended == int(allowed.sum()) and ledger.computed >= ledger.attended
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_strided_inputs_as_a_model_passes_them(name):
     # TinyLM hands the kernel q, k, v sliced out of one projection: strided views, not contiguous.
     q, k, v = qkv(32, 32, h_kv=4)
