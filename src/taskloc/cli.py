@@ -30,12 +30,14 @@ def run(
     model: Path | None = typer.Option(None, help="study this model instead of pretraining TinyLM: a taskloc run "
                                          "directory or .safetensors, or a local HF causal-LM folder with its tokenizer"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help=ALLOW_PICKLE_HELP),
+    executor: str | None = typer.Option(None, help="where independent jobs run: inprocess (default) | ray (pip install "
+                                        "'taskloc[ray]'; a local Ray, or --set run.ray_address=ADDRESS); same as --set run.executor=..."),
 ) -> None:
     """Run studies on the embedded default (or on --model) and write results.json and report.html."""
     from .runner import run_studies
 
     run_dir = run_studies(studies or [], preset=preset, out=out, config_file=config, overrides=set_, device=device,
-                          model=model, allow_pickle=allow_pickle)
+                          model=model, allow_pickle=allow_pickle, executor=executor)
     console.print(f"report: {run_dir / 'report.html'}")
 
 
@@ -247,7 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except TasklocError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from rich.markup import escape  # a message's own brackets (pip install 'taskloc[ray]') are text, not markup
+
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         console.print("aborted")

@@ -34,6 +34,8 @@ from .studies import STUDIES, Study
 from .studies.base import apply_preconditions
 from .studies.cache import package_version
 from .studies.context import StudyContext, study_settings
+from .studies.executor import make_executor
+from .studies.executor import report as report_jobs
 from .tasks import Task
 
 
@@ -70,9 +72,10 @@ def resolve_studies(names: list[str], cfg: RunConfig) -> list[tuple[Study, Confi
 
 def run_studies(names: list[str], *, preset: str = "default", out: Path | None = None,
                 config_file: Path | None = None, overrides: tuple[str, ...] = (), device: str = "auto",
-                model: Path | None = None, allow_pickle: bool = False) -> Path:
+                model: Path | None = None, allow_pickle: bool = False, executor: str | None = None) -> Path:
     # Everything that can be wrong with the input is checked before the run directory exists.
-    cfg = resolve_config(preset, config_file, tuple(overrides), model)
+    overrides = (*overrides, f"run.executor={executor}") if executor else tuple(overrides)
+    cfg = resolve_config(preset, config_file, overrides, model)
     tasks = cfg.data.load_tasks()  # the run's own tasks first: a study's cross-check assumes they are valid
     if not cfg.model_path:  # the embedded TinyLM reads taskloc's character vocabulary
         _check_char_vocabulary(tasks)
@@ -81,6 +84,7 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
     source = load_study_model(Path(cfg.model_path), device, allow_pickle) if cfg.model_path else None
     if source is not None and codec_of(source.model) is CHAR_CODEC:  # a given model on the same vocabulary
         _check_char_vocabulary(tasks)
+    jobs = make_executor(cfg.run, dev)  # a missing Ray is named here, before the run directory exists
     run_dir = Path(out) if out is not None else Path("runs") / preset
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file; pass a directory for the run.")
@@ -95,11 +99,13 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         write_text(run_dir / "config.json", config_json)
-        ctx = StudyContext(run_dir, cfg, dev, tasks, source)
+        ctx = StudyContext(run_dir, cfg, dev, tasks, source, jobs)
         results, timings, cpu = {}, {}, {}
         for study, study_cfg in plan:
             started, cpu_started = time.perf_counter(), time.process_time()
+            ctx.study = study.name
             results[study.name] = _run_cached(ctx, study, study_cfg)
+            report_jobs(jobs, study.name)
             timings[study.name] = round(time.perf_counter() - started, 2)
             # CPU seconds of all threads: on a loaded machine wall time says little, CPU time
             # still says what the study costs. Written after every study so a killed run keeps them.
@@ -116,6 +122,8 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
             if not any((run_dir / "artefacts").glob("*/*.safetensors")):
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    finally:
+        jobs.close()
     return run_dir
 
 
@@ -164,6 +172,7 @@ def _config_record(cfg: RunConfig) -> dict[str, Any]:
     """config.json's content: the resolved config; model_path only when a model was given, so
     run directories from before that option still resume."""
     record = cfg.to_dict()
+    record.pop("run")  # how jobs execute, not what they compute: a run resumes under another executor
     if not record.get("model_path"):
         record.pop("model_path", None)
     return record
@@ -193,7 +202,8 @@ def build_results(cfg: RunConfig, results: dict[str, dict[str, Any]], requires: 
     checks = {p["id"]: p for r in results.values() for p in r["preconditions"]}
     for name, result in results.items():
         apply_preconditions(result, requires.get(name, ()), checks)
-    return json_safe({"taskloc_version": __version__, "preset": cfg.preset, "config": cfg.to_dict(),
+    config = {k: v for k, v in cfg.to_dict().items() if k != "run"}  # the executor changes no result
+    return json_safe({"taskloc_version": __version__, "preset": cfg.preset, "config": config,
                       "claims": [c for r in results.values() for c in r["claims"]],
                       "preconditions": [p for r in results.values() for p in r["preconditions"]],
                       "studies": results})

@@ -8,6 +8,7 @@ seed, regime), its start weights, mask, schedule, data and the training code.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,14 +20,15 @@ import torch
 from ..config import Config
 from ..io import MemoryCheckpoint, fingerprint
 from ..io.atomic import write_json, write_text
-from ..models import LoadedModel, TinyLM, codec_of, load_weights, weights_of
+from ..models import LoadedModel, ModelConfig, TinyLM, codec_of, load_weights, weights_of
 from ..runconfig import RunConfig
 from ..tasks import Task
 from ..tasks.mixture import TaskMixture
 from ..tasks.scoring import accuracy_table
 from ..train import TrainConfig, checkpoint_step, train
-from .cache import CHECKPOINT, TENSORS, ArtefactCache, code_version, tensor_digest
+from .cache import CHECKPOINT, TENSORS, ArtefactCache, Format, code_version, tensor_digest
 from .embedded import origin_of, seed_from_embedded
+from .executor import Executor, Job
 
 StateDict = dict[str, torch.Tensor]
 
@@ -51,13 +53,16 @@ class BaseModel:
 
 class StudyContext:
     def __init__(self, run_dir: Path, cfg: RunConfig, device: torch.device, tasks: list[Task],
-                 given: LoadedModel | None = None) -> None:
+                 given: LoadedModel | None = None, executor: Executor | None = None) -> None:
         self.run_dir, self.cfg, self.device, self.tasks = run_dir, cfg, device, tasks
         self.given = given  # the model passed with --model; None: pretrain the embedded TinyLM
         # content fingerprint of the --model weights (sampled bytes of every tensor; milliseconds)
         self.given_fingerprint = fingerprint(MemoryCheckpoint(weights_of(given.model))) if given else None
         self.cache = ArtefactCache(run_dir / "artefacts")
         self._base: BaseModel | None = None
+        # where independent jobs run (studies/executor.py); in process at this process's thread count by default
+        self.executor = executor or Executor(torch.get_num_threads())
+        self.study = "run"  # the study now running, for the jobs' progress (set by the runner)
 
     # -- logging --------------------------------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
@@ -138,22 +143,80 @@ class StudyContext:
         the CPU. ``key`` names what makes this run different from others (task, seed, regime); the
         start weights, the mask, the schedule, the data and the training code are added here, so a
         changed ingredient never reuses a stale run."""
-        model = self.new_model()
-        ingredients = {**key, "start": tensor_digest(start), "mask": tensor_digest(mask), "train": train_cfg.to_dict(),
-                       "data": mixture.fingerprint(), "codec": codec_of(model).fingerprint, "code": code_version(TRAINING_CODE)}
+        return self.finetune_many([Finetune(label, key, start, mixture, train_cfg, mask)])[0]
 
-        def tune(folder: Path) -> StateDict:
-            load_weights(model, start)
-            train(model, train_cfg, mixture, checkpoint=folder / CHECKPOINT, mask=mask, label=label,
-                  meta={"kind": "finetune", "key": json.dumps(key, sort_keys=True)}, log=lambda r: None)
-            return weights_of(model)
-
-        return self.cache.get_or_build("ft", ingredients, tune, TENSORS)
+    def finetune_many(self, requests: list[Finetune]) -> list[StateDict]:
+        """Independent fine-tunes as one batch of jobs (in parallel under the ray executor); the
+        tuned weights in the order asked, each exactly what ``finetune`` returns for it."""
+        model = self.new_model()  # its codec keys the data's encoding (and, as ever, it reseeds torch)
+        codec = codec_of(model).fingerprint
+        recipe = None if self.given is not None else (self.cfg.model, self.cfg.seed)
+        jobs = []
+        for r in requests:
+            ingredients = {**r.key, "start": tensor_digest(r.start), "mask": tensor_digest(r.mask), "train": r.train_cfg.to_dict(),
+                           "data": r.mixture.fingerprint(), "codec": codec, "code": code_version(TRAINING_CODE)}
+            build = functools.partial(_tune, recipe=recipe, train_cfg=r.train_cfg, mixture=r.mixture, label=r.label,
+                                      meta={"kind": "finetune", "key": json.dumps(r.key, sort_keys=True)})
+            inputs = {"start": r.start, "mask": r.mask, **({"template": self.given.model} if self.given is not None else {})}
+            jobs.append(Job("ft", ingredients, build, TENSORS, r.label, inputs, str(self.device)))
+        return self.executor.run(self.cache.root, jobs, self.study)
 
     def build(self, kind: str, ingredients: dict[str, Any], build: Callable[[Path], Any], fmt, code: tuple[str, ...]) -> Any:
         """Any other artefact (vector, statistics, merged model): cached under ``ingredients`` and
         the source of the ``code`` modules that build it."""
         return self.cache.get_or_build(kind, {**ingredients, "code": code_version(code)}, build, fmt)
+
+    def build_many(self, requests: list[Build]) -> list[Any]:
+        """Independent artefact builds as one batch of jobs (in parallel under the ray executor).
+        Each ``build(folder)`` must be self-contained — it may run in another process, so it
+        captures the values it needs, never the context — and leaves torch's global generator
+        alone or relies on the seed its job gets from its key."""
+        jobs = [Job(r.kind, {**r.ingredients, "code": code_version(r.code)}, _call_build, r.fmt, r.label or r.kind,
+                    {"build": r.build}) for r in requests]
+        return self.executor.run(self.cache.root, jobs, self.study)
+
+
+@dataclass
+class Finetune:
+    """One fine-tune for ``finetune_many``: the arguments of ``StudyContext.finetune``."""
+
+    label: str
+    key: dict[str, Any]
+    start: StateDict
+    mixture: Any
+    train_cfg: TrainConfig
+    mask: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class Build:
+    """One artefact for ``build_many``: the arguments of ``StudyContext.build``."""
+
+    kind: str
+    ingredients: dict[str, Any]
+    build: Callable[[Path], Any]
+    fmt: Format
+    code: tuple[str, ...]
+    label: str = ""
+
+
+def _tune(folder: Path, *, start: StateDict, mask: dict[str, torch.Tensor] | None, recipe: tuple[ModelConfig, int] | None,
+          train_cfg: TrainConfig, mixture: Any, label: str, meta: dict[str, str], device: str,
+          template: torch.nn.Module | None = None) -> StateDict:
+    """A fine-tune job: the model is made as ``StudyContext.new_model`` makes it (a seeded TinyLM,
+    or a copy of the --model model), so the job needs nothing from the driver's context."""
+    if recipe is not None:
+        torch.manual_seed(recipe[1])
+        model = TinyLM(recipe[0]).to(device)
+    else:
+        model = copy.deepcopy(template).to(device)
+    load_weights(model, start)
+    train(model, train_cfg, mixture, checkpoint=folder / CHECKPOINT, mask=mask, label=label, meta=meta, log=lambda r: None)
+    return weights_of(model)
+
+
+def _call_build(folder: Path, *, build: Callable[[Path], Any], device: str | None = None) -> Any:
+    return build(folder)
 
 
 def study_settings(cfg: RunConfig, name: str, config_cls: type[Config]) -> Config:

@@ -45,7 +45,7 @@ from ..tasks import Example, get_task
 from ..tasks.mixture import ShuffledTargets, TaskMixture, eval_examples
 from ..train import TrainConfig
 from .base import STUDIES, Claim, Study, StudyResult, bars_figure, decide_claim, lines_figure
-from .context import StudyContext
+from .context import Finetune, StudyContext
 from .grafting import MEASURE_NAMES, MEASURES, Scorer, Scores, deltas_of, gaussian_like, graft, share_kept, update_size
 from .stats import NAN_INTERVAL, hierarchical_interval, per_task_intervals, task_agreement
 from .task_selection import TaskSelection, has_levels, select_tasks, skipped_result
@@ -282,13 +282,33 @@ class WeightDeltaStudy(Study):
             mix = TaskMixture([task], levels, seed=3000 + seed)
             return [e for step in range(-(-cfg.fit_examples // 64)) for e in mix.batch(step, 64)][: cfg.fit_examples]
 
-        def ft(task, seed: int, regime: str, mixture=None, mask=None, train_cfg=None) -> StateDict:
+        def ft(task, seed: int, regime: str, mixture=None, mask=None, train_cfg=None) -> Finetune:
             # the imposed-sparsity runs (LT-SFT, random mask) bring their own schedule and mask
             train_cfg_, regime_mask = REGIMES.get(regime)(cfg, base) if train_cfg is None else (train_cfg, None)
             mask = mask if mask is not None else regime_mask
             mixture = mixture or TaskMixture([task], levels, seed=1000 + seed)
-            return ctx.finetune(f"{regime} {task.name} s{seed}", {"task": task.name, "seed": seed, "regime": regime, "levels": levels},
-                                base, mixture, train_cfg or train_cfg_, mask=mask)
+            return Finetune(f"{regime} {task.name} s{seed}", {"task": task.name, "seed": seed, "regime": regime, "levels": levels},
+                            base, mixture, train_cfg or train_cfg_, mask)
+
+        # Every fine-tune is an independent job; they run as two batches (in parallel under the ray
+        # executor): all that start from the base alone, then LT-SFT, whose mask needs its run's delta.
+        asked: dict[tuple[str, str, int, str], Finetune] = {}
+        for regime in cfg.regimes:
+            for task in tasks:
+                for seed in range(cfg.seeds):
+                    asked[regime, task.name, seed, "run"] = ft(task, seed, regime)
+                for seed in range(cfg.control_seeds):
+                    asked[regime, task.name, seed, "shuffled"] = ft(task, seed, regime, mixture=ShuffledTargets(TaskMixture([task], levels, seed=1000 + seed)))
+                    if regime == cfg.regimes[0]:
+                        shapes = {k: v.shape for k, v in base.items()}
+                        asked[regime, task.name, seed, "random"] = ft(task, seed, "random-mask", train_cfg=cfg.finetune,
+                                                                      mask=random_mask(shapes, cfg.mask_fraction, seed=5000 + seed))
+        tuned_by = dict(zip(asked, ctx.finetune_many(list(asked.values()))))
+        # LT-SFT (Ansell et al.): the top-k entries of the full fine-tune's delta, retrained from the base.
+        lt_asked = {(task.name, seed): ft(task, seed, "lt-sft", train_cfg=cfg.finetune, mask=global_topk_mask(
+                    deltas_of(tuned_by[cfg.regimes[0], task.name, seed, "run"], base), float(cfg.mask_fraction)))
+                    for task in tasks for seed in range(cfg.control_seeds)}
+        lt_by = dict(zip(lt_asked, ctx.finetune_many(list(lt_asked.values()))))
 
         def kept_curves(delta: StateDict, run_delta: StateDict, task, seed, evals, b: Scores, t: Scores,
                         selectors: list[str], fractions: dict[str, list[float]], salt: int) -> dict[str, dict[float, dict[str, float]]]:
@@ -315,7 +335,7 @@ class WeightDeltaStudy(Study):
                     evals = eval_examples(task, level, ctx.cfg.eval.examples, ctx.cfg.eval.seed)
                     b = scorer(base, evals)
                     for seed in range(cfg.seeds):
-                        tuned = ft(task, seed, regime)
+                        tuned = tuned_by[regime, task.name, seed, "run"]
                         delta = deltas_of(tuned, base)
                         t = scorer(tuned, evals)
                         runs.append(Run(regime, task.name, seed, delta, b, t,
@@ -324,7 +344,7 @@ class WeightDeltaStudy(Study):
                         advance()
                     for seed in range(cfg.control_seeds):
                         run = next(r for r in runs if (r.regime, r.task, r.seed) == (regime, task.name, seed))
-                        shuffled = deltas_of(ft(task, seed, regime, mixture=ShuffledTargets(TaskMixture([task], levels, seed=1000 + seed))), base)
+                        shuffled = deltas_of(tuned_by[regime, task.name, seed, "shuffled"], base)
                         gauss = gaussian_like(run.delta, seed=9000 + seed)
                         k_fit = {name: all_k[name] for name in fitted}
                         controls.append({"regime": regime, "task": task.name, "seed": seed, "run": run, "shuffled_delta": shuffled,
@@ -335,11 +355,9 @@ class WeightDeltaStudy(Study):
                         continue
                     for seed in range(cfg.control_seeds):
                         run = next(r for r in runs if (r.regime, r.task, r.seed) == (regime, task.name, seed))
-                        # LT-SFT (Ansell et al.): the top-k entries of the full fine-tune's delta, retrained from the base.
-                        lt = ft(task, seed, "lt-sft", mask=global_topk_mask(run.delta, float(cfg.mask_fraction)), train_cfg=cfg.finetune)
+                        lt = lt_by[task.name, seed]
                         advance()
-                        shapes = {k: v.shape for k, v in base.items()}
-                        rnd = ft(task, seed, "random-mask", mask=random_mask(shapes, cfg.mask_fraction, seed=5000 + seed), train_cfg=cfg.finetune)
+                        rnd = tuned_by[regime, task.name, seed, "random"]
                         advance()
                         imposed.append({"task": task.name, "seed": seed, "run": run,
                                         "lt": scorer(lt, evals), "random": scorer(rnd, evals)})
