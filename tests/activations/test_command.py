@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cli_runner import cli
-from taskloc.activations.analysis import analyse, localise
+from taskloc.activations.analysis import analyse, difference_coverage, localise
 from taskloc.activations.profile import check_sites, profile_activations
 from taskloc.activations.prompts import read_prompts
 from taskloc.activations.reducers import RunningMoments
@@ -18,9 +18,19 @@ from taskloc.models import load_model
 from taskloc.studies.stats import spearman
 
 SITES = ["blocks.*.hook_resid_post", "blocks.0.mlp.hook_post"]
+# Two-sided 95% Student t quantiles t_{0.975, df}, from a printed table (not from taskloc).
+T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105, 5: 2.570581836, 6: 2.446911851, 7: 2.364624252}
 # Lengths differ inside each level, so every batch is padded.
 ROWS = [("A:1+2=", 1), ("A:12+3=", 1), ("A:1+23456=", 1), ("S:31>", 2), ("S:314159>", 2), ("S:3141592653>", 2),
         ("M:7*8=", 3), ("M:77*88=", 3), ("M:777*8888=", 3)]
+
+
+def _welch(a, b):
+    """mean(b) - mean(a) with Welch's interval written out: Welch-Satterthwaite df, rounded down."""
+    ua, ub = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    df = int((ua + ub) ** 2 / (ua**2 / (a.size - 1) + ub**2 / (b.size - 1)))
+    diff, half = b.mean() - a.mean(), T975[df] * np.sqrt(ua + ub)
+    return diff, diff - half, diff + half
 
 
 def _write_prompts(path, rows=ROWS, labels=True):
@@ -70,7 +80,7 @@ def test_numbers_equal_a_direct_computation_on_full_activations(tiny_path, tmp_p
     for s in sites:
         for mode in ("last", "all"):
             np.testing.assert_allclose(prof.values[mode][s], np.array(direct[s][mode]), rtol=1e-6, atol=1e-6)
-    doc = analyse(prof, n_perm=200, n_boot=200)
+    doc = analyse(prof, n_perm=200)
     s0 = sites[0]
     j = names.index("gini")
     # The analysis is checked against the profile it was given (already matched to the direct
@@ -78,13 +88,20 @@ def test_numbers_equal_a_direct_computation_on_full_activations(tiny_path, tmp_p
     gini = np.asarray(prof.values["last"][s0], dtype=np.float64)[:, j]
     rec = doc["sites"][0]["modes"]["last"]["gini"]
     for i, level in enumerate(rec["by_level"]):
-        assert level["n"] == 3 and level["few"] is True
-        assert level["mean"] == pytest.approx(gini[3 * i: 3 * i + 3].mean(), abs=1e-9)
+        x = gini[3 * i: 3 * i + 3]
+        assert level["n"] == 3 and level["mean"] == pytest.approx(x.mean(), abs=1e-9)
+        half = T975[2] * x.std(ddof=1) / np.sqrt(3)  # Student t, 2 df, from the printed table
+        assert (level["lo"], level["hi"]) == (pytest.approx(x.mean() - half, abs=1e-9), pytest.approx(x.mean() + half, abs=1e-9))
     assert rec["spearman"]["rho"] == pytest.approx(spearman(prompts.difficulty, gini, n_perm=200).statistic, abs=1e-9)
-    assert rec["change"]["diff"] == pytest.approx(gini[6:].mean() - gini[:3].mean(), abs=1e-9)
     fam = [i for i in range(9) if i % 2]
     unf = [i for i in range(9) if not i % 2]
-    assert rec["by_label"]["unfamiliar_minus_familiar"]["diff"] == pytest.approx(gini[unf].mean() - gini[fam].mean(), abs=1e-9)
+    for got, low, high in ((rec["change"], gini[:3], gini[6:]), (rec["by_label"]["unfamiliar_minus_familiar"], gini[fam], gini[unf])):
+        diff, lo, hi = _welch(low, high)
+        assert got["diff"] == pytest.approx(diff, abs=1e-9)
+        assert (got["lo"], got["hi"]) == (pytest.approx(lo, abs=1e-9), pytest.approx(hi, abs=1e-9))
+        assert got["achieved"] == difference_coverage(low.size, high.size, 0.95)  # measured at these sizes (3 vs 3, 4 vs 5)
+        assert got["short"] is bool(got["achieved"] < 0.95 - 2 * np.sqrt(0.95 * 0.05 / 4000))
+    assert [m["n"] for m in doc["interval"]["coverage"]["mean"]] == [3, 4, 5]
     # Localisation from running moments = the same from the stacked full activations.
     for mode, key in (("last", "last_rows"), ("all", "all_rows")):
         rows = direct[s0][key]

@@ -58,7 +58,13 @@ def _num(x: float | None, fmt: str = ".3g") -> str:
 
 
 def _interval(rec: dict[str, Any]) -> str:
-    return f"{_num(rec['mean'], '.4g')} [{_num(rec['lo'], '.4g')}, {_num(rec['hi'], '.4g')}]" + ("*" if rec["few"] else "")
+    return f"{_num(rec['mean'], '.4g')} [{_num(rec['lo'], '.4g')}, {_num(rec['hi'], '.4g')}]"
+
+
+def _difference(rec: dict[str, Any]) -> str:
+    """A difference with its Welch interval, and its achieved coverage where that is below nominal (*)."""
+    short = f" *{_num(rec['achieved'], '.2f')}" if rec["short"] else ""
+    return f"{_num(rec['diff'], '+.4g')} [{_num(rec['lo'], '+.3g')}, {_num(rec['hi'], '+.3g')}]{short}"
 
 
 def _headline(doc: dict[str, Any]) -> list[str]:
@@ -78,7 +84,7 @@ def print_tables(doc: dict[str, Any], console: Console | None = None) -> None:
     for table in (_spearman_table(doc), _levels_table(doc), _localisation_table(doc)):
         console.print(table)
     console.print(f"[dim]intervals: {doc['interval']['method']}, nominal {doc['interval']['nominal']:.0%}; "
-                  f"{doc['interval']['basis']} (* in the table). {doc['spearman']['note']}.[/dim]", highlight=False)
+                  f"{doc['interval']['basis']}. {doc['spearman']['note']}.[/dim]", highlight=False)
 
 
 def _spearman_table(doc: dict[str, Any]) -> Table:
@@ -96,7 +102,7 @@ def _spearman_table(doc: dict[str, Any]) -> Table:
 def _levels_table(doc: dict[str, Any]) -> Table:
     metric = _headline(doc)[0]
     levels = [lv["level"] for lv in doc["prompts"]["levels"]]
-    t = Table(title=f"{metric} by difficulty, last prompt token: mean [{doc['interval']['nominal']:.0%} bootstrap]",
+    t = Table(title=f"{metric} by difficulty, last prompt token: mean [{doc['interval']['nominal']:.0%} t-interval over prompts]",
               title_justify="left", box=box.SIMPLE_HEAD)
     t.add_column("site", no_wrap=True)
     for name in levels:
@@ -149,8 +155,9 @@ def figures(doc: dict[str, Any], mode: str = "last") -> list[dict[str, Any]]:
                                "lo": [r["lo"] for r in recs], "hi": [r["hi"] for r in recs]})
             out.append(lines_figure(f"{metric}-{mode}-{kind}", f"{metric} by difficulty: {kind}", "layer" if layered else "site",
                                     metric, series,
-                                    caption=f"Mean over prompts at {where}, with {doc['interval']['nominal']:.0%} bootstrap "
-                                            "bands (nominal; honest for about 20+ prompts per level)."))
+                                    caption=f"Mean over prompts at {where}, with {doc['interval']['nominal']:.0%} t-interval "
+                                            "bands over prompts (exact for normal per-prompt values; the note gives the coverage "
+                                            "measured at these sizes)."))
     cats = [_short(s["site"]) for s in doc["sites"]]
     out.append(bars_figure(f"spearman-{mode}", "Spearman rho with difficulty", cats,
                            [{"label": m, "values": [s["modes"][mode][m]["spearman"]["rho"] for s in doc["sites"]]}
@@ -172,11 +179,10 @@ def _tables(doc: dict[str, Any], mode: str) -> list[dict[str, Any]]:
                                   for m in metrics)] for s in doc["sites"]]}
     tables = [rho]
     if doc["localisation"]["compares"]:
-        tables.append({"title": f"Change from the lowest to the highest level (highest - lowest, {doc['interval']['nominal']:.0%} bootstrap)",
+        tables.append({"title": f"Change from the lowest to the highest level (highest - lowest, {doc['interval']['nominal']:.0%} Welch "
+                                f"t-interval; *x: its measured coverage x is below nominal at these sizes)",
                        "columns": ["site", *metrics],
-                       "rows": [[s["site"], *(f"{_num(s['modes'][mode][m]['change']['diff'], '+.4g')} "
-                                              f"[{_num(s['modes'][mode][m]['change']['lo'], '+.3g')}, {_num(s['modes'][mode][m]['change']['hi'], '+.3g')}]"
-                                              for m in metrics)] for s in doc["sites"]]})
+                       "rows": [[s["site"], *(_difference(s['modes'][mode][m]['change']) for m in metrics)] for s in doc["sites"]]})
         by_name = {s["site"]: s for s in doc["sites"]}
         tables.append({"title": "Localisation: sites ranked by shift, with their most-changed hidden dimensions",
                        "columns": ["site", "shift", "null", "top dimensions (d)"],
@@ -184,8 +190,9 @@ def _tables(doc: dict[str, Any], mode: str) -> list[dict[str, Any]]:
                                  ", ".join(f"{d['dim']} ({d['d']:+.2f})" for d in by_name[name]["localisation"][mode]["top_dims"])]
                                 for name in doc["localisation"]["ranking"][mode]]})
     if doc["prompts"]["labels"]["familiar"] and doc["prompts"]["labels"]["unfamiliar"]:
-        tables.append({"title": "Unfamiliar minus familiar (bootstrap interval)", "columns": ["site", *metrics],
-                       "rows": [[s["site"], *(f"{_num(s['modes'][mode][m]['by_label']['unfamiliar_minus_familiar']['diff'], '+.4g')}"
+        tables.append({"title": f"Unfamiliar minus familiar ({doc['interval']['nominal']:.0%} Welch t-interval; *x: measured coverage "
+                                "x below nominal)", "columns": ["site", *metrics],
+                       "rows": [[s["site"], *(_difference(s['modes'][mode][m]['by_label']['unfamiliar_minus_familiar'])
                                               for m in metrics)] for s in doc["sites"]]})
     return tables
 

@@ -14,7 +14,7 @@ studies with the same cores that the single-study functions in ``stats`` use.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -48,8 +48,7 @@ class Coverage:
     def consistent_with(self, level: float, z: float = 4.0) -> bool:
         """True when ``level`` lies within z Monte-Carlo standard errors of the measured coverage
         (the error of ``level`` itself taken as the binomial one, so 0 or 1 coverage still works)."""
-        se = math.sqrt(level * (1 - level) / self.n_sims)
-        return abs(self.coverage - level) <= z * se
+        return _within(self.coverage, level, self.n_sims, z)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,3 +139,61 @@ def simulate_coverage(method: str, n_tasks: int, n_seeds: int | Sequence[int] = 
     cover = float(held.mean())
     return Coverage(method, n_tasks, tuple(int(s) for s in layout), n_examples, level, cover,
                     math.sqrt(max(cover * (1 - cover), 1e-12) / n_sims), n_sims, float(np.nanmean(hi - lo)), task_dist, claimed)
+
+
+def _within(coverage: float, level: float, n_sims: int, z: float) -> bool:
+    return abs(coverage - level) <= z * math.sqrt(level * (1 - level) / n_sims)
+
+
+def simulate_mean_coverage(n: int, *, level: float = 0.95, dist: str = "normal", n_sims: int = 4000, seed: int = 0,
+                           method: str = "t") -> Coverage:
+    """Coverage of an interval for the mean of ``n`` independent values drawn from ``dist`` (one
+    value per unit, e.g. one metric per prompt): ``simulate_coverage`` with one seed per task and
+    no seed or example noise, so the units themselves are the draws."""
+    return simulate_coverage(method, n, 1, 1, level=level, seed_sd=0.0, example_sd=0.0, task_dist=dist, n_sims=n_sims, seed=seed)
+
+
+# bounds(a (N, n_a), b (N, n_b), level) -> (estimate, lo, hi), each (N,): an interval for
+# mean(b) - mean(a) per simulated study (e.g. activations.analysis.welch_bounds).
+TwoSampleBounds = Callable[[np.ndarray, np.ndarray, float], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class TwoSampleCoverage:
+    """Measured coverage of an interval for a difference of two independent means."""
+
+    method: str
+    n_a: int
+    n_b: int
+    sd_a: float
+    sd_b: float
+    dist: str
+    nominal: float
+    coverage: float
+    mc_se: float
+    n_sims: int
+    mean_width: float
+
+    def consistent_with(self, level: float, z: float = 4.0) -> bool:
+        """As ``Coverage.consistent_with``."""
+        return _within(self.coverage, level, self.n_sims, z)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def simulate_two_sample_coverage(bounds: TwoSampleBounds, n_a: int, n_b: int, *, sd_a: float = 1.0, sd_b: float = 1.0,
+                                 dist: str = "normal", level: float = 0.95, n_sims: int = 4000, seed: int = 0) -> TwoSampleCoverage:
+    """Coverage of ``bounds`` for mean(b) - mean(a) = 0, samples of ``n_a`` and ``n_b`` independent
+    values from ``dist`` (mean 0) with standard deviations ``sd_a`` and ``sd_b`` (deterministic in ``seed``)."""
+    if dist not in TASK_DISTRIBUTIONS:
+        raise ConfigError(f"unknown distribution {dist!r}; choose one of {', '.join(TASK_DISTRIBUTIONS)}.")
+    if n_a < 1 or n_b < 1 or n_sims < 1:
+        raise ConfigError(f"n_a, n_b and n_sims must be >= 1, got {n_a}, {n_b}, {n_sims}.")
+    rng = np.random.default_rng(seed)
+    a = _task_effects(rng, (n_sims, n_a), sd_a, dist)  # (N, n_a)
+    b = _task_effects(rng, (n_sims, n_b), sd_b, dist)  # (N, n_b)
+    _, lo, hi = bounds(a, b, level)
+    cover = float(((lo <= 0.0) & (hi >= 0.0)).mean())  # nan bounds never hold
+    return TwoSampleCoverage(getattr(bounds, "__name__", "bounds"), n_a, n_b, sd_a, sd_b, dist, level, cover,
+                             math.sqrt(max(cover * (1 - cover), 1e-12) / n_sims), n_sims, float(np.nanmean(hi - lo)))
