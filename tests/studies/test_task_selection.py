@@ -51,6 +51,7 @@ def test_a_reduced_task_set_passes_every_check_and_cuts_default_lists():
     assert ad.entries == ["sort", "copy"] and not ad.skip
     assert set(ad.dropped) == {"add", "reverse", "hop", "trace", "arith"}
     assert "ran on ['sort', 'copy']" in ad.notes()[0] and "studies.activation-difficulty.tasks" in ad.notes()[0]
+    assert "(add, reverse, hop, trace, arith: not among the run's tasks (data.tasks = ['sort', 'copy']))" in ad.notes()[0]
     # weight-delta's quick list is add + reverse: nothing left, so skipped, naming the setting
     wd = _selection(cfg, plan, "weight-delta")
     assert wd.entries == [] and "set studies.weight-delta.tasks to run it" in wd.skip

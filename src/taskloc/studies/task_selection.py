@@ -40,7 +40,10 @@ class TaskSelection:
         """The sentence for the report when a default list was cut down (none when it was not)."""
         if not self.dropped:
             return []
-        why = "; ".join(f"{e}: {r}" for e, r in self.dropped.items())
+        by_reason: dict[str, list[str]] = {}
+        for entry, reason in self.dropped.items():
+            by_reason.setdefault(reason, []).append(entry)
+        why = "; ".join(f"{', '.join(entries)}: {reason}" for reason, entries in by_reason.items())
         return [f"{self.key} (default) cut down to the run's tasks: ran on {self.entries}, left out {list(self.dropped)} ({why}); "
                 f"set {self.key} to choose others."]
 
@@ -64,9 +67,10 @@ def select_tasks(cfg: Config, name: str, run_cfg: RunConfig, *, at_least: int = 
         except ConfigError as exc:  # malformed whatever the run (an unknown name: did-you-mean)
             raise ConfigError(f"{key}: {exc}") from None
         if reason is None and task_of(entry) not in available:
-            reason = f"task {task_of(entry)!r} is not among the run's tasks (data.tasks = {available})"
             if explicit:
-                raise ConfigError(f"{key}: {reason}; name only those, or add it to data.tasks.")
+                raise ConfigError(f"{key}: task {task_of(entry)!r} is not among the run's tasks (data.tasks = {available}); "
+                                  "name only those, or add it to data.tasks.")
+            reason = f"not among the run's tasks (data.tasks = {available})"
         if reason is None:
             kept.append(entry)
         elif explicit:
