@@ -2,15 +2,23 @@
 
 Two backends compute the same attended set:
 
-* ``gather``: each row of queries gathers its key list (B, H, R, L, D) and attends it with
-  batched matmuls, so the work is R x rows x L x D with L = the longest key list: it scales with
-  density for any key list (columns, diagonals, blocks, pages).
+* ``gather`` (default):
+  - whole-block prefill (block-sparse): each row of queries gathers its key blocks with its
+    diagonal block last, so the causal rule is one lower-right triangle, and all rows go through
+    SDPA's fused kernel as one batch (``block_attention``);
+  - any other key list (vertical-slash's columns and diagonal reach, sliding windows, top-k,
+    Quest pages, decode steps): rows are attended in chunks, each chunk gathering its rows' key
+    lists padded to its own longest one, with the element rule and the caller's mask applied at
+    the gathered keys. Work = rows x (chunk's longest list) x D, counted exactly in the ledger
+    (``computed``): it shrinks with density only as far as the key lists do, so vertical-slash
+    pays for every key a row's diagonals reach (a block of 64 queries on one diagonal reaches 64
+    keys for 64 attended pairs spread over 64 queries), and scattered diagonals cost near-dense.
 * ``flex``: PyTorch's ``flex_attention`` (compiled) with a BlockMask built from the key lists at
   block granularity; it skips whole key blocks, so it shrinks only when the kept keys are
   block-aligned (block-sparse), and the element rule is applied by a mask function.
 
 ``benchmarks/sparse_attention.py`` times both against SDPA; DEFAULT_BACKEND is the one that won
-there (see its docstring for the numbers). At density 1 every kernel is the dense kernel itself.
+there (numbers below). At density 1 every kernel is the dense kernel itself.
 """
 from __future__ import annotations
 
@@ -23,10 +31,13 @@ from .flops import FlopLedger
 from .kernels import ATTENTION, PatternSite, dense_attention, grouped_values
 from .patterns import PatternSpec, Selection, per_head, query_positions, select
 
-# Measured on CPU, 1 thread, a heavily shared 2-core machine (benchmarks/sparse_attention.py, density
-# 1/16, block 64, 8 heads x 64): block-sparse gather 2.4x / flex 2.0x over SDPA at 8192 and 5.9x..80x /
-# 63x at 2048 (noisy); vertical-slash gather 4.7x / flex 6.9x at 2048, gather 0.32x at 8192. flex must
-# compile per shape (15-900 s first call), so gather is the default; flex is opt-in (backend="flex").
+# Measured on CPU, 1 thread, a shared 2-core machine (benchmarks/sparse_attention.py, density 1/16,
+# block 64, 8 heads x 64, i.i.d. Gaussian inputs, fastest of 3-5): block-sparse gather 5.3x over SDPA
+# at 8192 (200 ms vs 1068 ms; 10.8x at 2048); vertical-slash gather 0.73x at 8192 and 0.49x at 2048
+# (computed/attended 23-26: its scattered diagonals reach most keys of every block; 1.1x at 2048 with
+# a positional code in q and k, computed/attended 8). Earlier: flex 2.0x (block-sparse, 8192) and
+# vertical-slash flex 6.9x at 2048, but flex compiles per shape (15-900 s first call), so gather is the
+# default; flex is opt-in (backend="flex").
 DEFAULT_BACKEND = "gather"
 BACKENDS = ("gather", "flex")
 
