@@ -84,7 +84,7 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
     source = load_study_model(Path(cfg.model_path), device, allow_pickle) if cfg.model_path else None
     if source is not None and codec_of(source.model) is CHAR_CODEC:  # a given model on the same vocabulary
         _check_char_vocabulary(tasks)
-    jobs = make_executor(cfg.run, dev)  # a missing Ray is named here, before the run directory exists
+    jobs = make_executor(cfg.run)  # a missing Ray is named here, before the run directory exists
     run_dir = Path(out) if out is not None else Path("runs") / preset
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--out {run_dir} is a file; pass a directory for the run.")

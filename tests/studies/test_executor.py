@@ -105,3 +105,10 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch, tmp_path, capsys)
 def test_unknown_executor_is_a_config_error(tmp_path, capsys):
     code, _, err = cli(["run", "--preset", "quick", "--executor", "dask", "--out", tmp_path / "run"], capsys)
     assert code == 2 and "run.executor" in err and not (tmp_path / "run").exists()
+
+
+def test_more_threads_than_the_local_ray_has_is_refused(tmp_path, capsys):
+    pytest.importorskip("ray")
+    args = ["run", "--preset", "quick", "--executor", "ray", "--set", "run.workers=1", "--set", "run.threads=2", "--out", tmp_path / "run"]
+    code, _, err = cli(args, capsys)
+    assert code == 2 and "run.threads=2" in err and not (tmp_path / "run").exists()

@@ -250,12 +250,16 @@ def import_ray():
     return ray
 
 
-def make_executor(settings, device: torch.device) -> Executor:
+def make_executor(settings) -> Executor:
     """The executor ``run.*`` asks for. Ray is imported here, before a run directory exists, so a
     missing extra fails with one line and leaves nothing behind; a local Ray starts on the first
     batch of jobs."""
     threads = settings.threads or torch.get_num_threads()
     if settings.executor == "ray":
+        cpus = settings.workers or os.cpu_count() or 1
+        if not settings.ray_address and threads > cpus:  # a task asking for more CPUs than Ray has would wait forever
+            raise ConfigError(f"run.threads={threads} (CPUs per job) exceeds the {cpus} CPUs of the local Ray; "
+                              f"set run.threads to at most {cpus} (or run.workers higher).")
         return RayExecutor(threads, settings.ray_address, settings.workers, settings.gpus_per_job, settings.max_retries)
     return Executor(threads)
 
