@@ -5,7 +5,11 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PRESET ?= default
 BIN := $(VENV)/bin
+# What `make run` needs (torch, taskloc with Hugging Face support) ...
 STAMP := $(VENV)/.taskloc-installed
+# ... and what the tests and benchmarks add (pytest, ruff, Ray for the executor's tests: ~70 MB that
+# `make run` should not wait for).
+TEST_STAMP := $(VENV)/.taskloc-test-installed
 
 .PHONY: run test setup clean bench
 
@@ -13,18 +17,22 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[hf,test,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[hf]"
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[hf,test,ray]"
+	touch $(TEST_STAMP)
+
+setup: $(TEST_STAMP)
 
 run: $(STAMP)
 	$(BIN)/taskloc run --preset $(PRESET) --out runs/$(PRESET)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	TASKLOC_QUIET=1 $(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 clean:
