@@ -27,7 +27,7 @@ def test_bad_stream_is_one_line_and_no_run_dir(tmp_path, capsys):
     code, _, err = cli(["run", "fast-slow", "--preset", "quick", "--out", out,
                         "--set", 'studies.fast-slow.stream=["sort:3", "add:9", "hop:3"]'], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "studies.fast-slow.stream[1]" in err and "no level 9" in err and not out.exists()
+    assert "studies.fast-slow.stream" in err and "'add' has no level 9" in err and not out.exists()
 
 
 def test_study_end_to_end_on_the_quick_preset(tmp_path, capsys):
