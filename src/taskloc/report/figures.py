@@ -7,6 +7,7 @@ specs. ``render`` draws any spec as PNG bytes with matplotlib, imported on the f
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -86,10 +87,34 @@ def _lines(plt, spec: dict[str, Any]):
         ax.set_xscale("log")
     if spec.get("ylim"):
         ax.set_ylim(*spec["ylim"])
-    ax.set(title=spec["title"], xlabel=spec["xlabel"], ylabel=spec["ylabel"])
+    else:
+        _clip_wide_bands(ax, drawable)
+    # long titles and axis labels are wrapped: unwrapped, the tight bounding box widens the image
+    # and the whole figure (text included) is shrunk to fit its cell in the report
+    ax.set(title=textwrap.fill(spec["title"], 60), xlabel=textwrap.fill(spec["xlabel"], 80),
+           ylabel=textwrap.fill(spec["ylabel"], 45))
     if len(spec["series"]) > 1:
         ax.legend(loc="best", fontsize=8, ncol=2 if len(spec["series"]) > 5 else 1)
     return fig
+
+
+def _clip_wide_bands(ax, series: list[dict]) -> None:
+    """Keep the y axis on the lines: an interval band far wider than the lines' own spread (a
+    near-zero denominator, few units) would otherwise squash every line flat. The view is held
+    to the lines' range plus that range again on each side, and the clipping is said on the plot."""
+    ys = np.concatenate([np.asarray(s["y"], dtype=float) for s in series])
+    ys = ys[np.isfinite(ys)]
+    bands = [np.asarray(s[key], dtype=float) for s in series for key in ("lo", "hi") if s.get(key) is not None]
+    if not ys.size or not bands:
+        return
+    edges = np.concatenate(bands)
+    edges = edges[np.isfinite(edges)]
+    pad = max(float(ys.max() - ys.min()), 0.05 * max(abs(float(ys.max())), abs(float(ys.min())), 1e-9))
+    low, high = float(ys.min()) - pad, float(ys.max()) + pad
+    if edges.size and (edges.min() < low or edges.max() > high):
+        ax.set_ylim(max(low, float(edges.min())), min(high, float(edges.max())))
+        ax.text(0.99, 0.01, "bands clipped to the lines' range", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=7, color="#6b7482")
 
 
 def _heatmap(plt, spec: dict[str, Any]):
