@@ -129,12 +129,12 @@ class StudyContext:
             return weights_of(model)
 
         ingredients = self._base_ingredients(mixture)
+        folder = self.cache.find("base", ingredients, TENSORS).parent
         # the base the package ships under this exact key (studies/embedded.py) spares the pretraining
-        if seed_from_embedded(self.cache.find("base", ingredients, TENSORS).parent):
-            self.log({"phase": "pretrain base", "embedded": self.cache.find("base", ingredients, TENSORS).parent.name})
+        if seed_from_embedded(folder):
+            self.log({"phase": "pretrain base", "embedded": folder.name})
         tensors = self.cache.get_or_build("base", ingredients, pretrain, TENSORS)
         load_weights(model, tensors)
-        folder = self.cache.find("base", ingredients, TENSORS).parent
         return BaseModel(model, json.loads((folder / "history.json").read_text()), origin_of(folder))
 
     def finetune(self, label: str, key: dict[str, Any], start: StateDict, mixture: Any, train_cfg: TrainConfig,
