@@ -26,7 +26,7 @@ from ..tasks import Task
 from ..tasks.mixture import TaskMixture
 from ..tasks.scoring import accuracy_table
 from ..train import TrainConfig, checkpoint_step, train
-from .cache import CHECKPOINT, TENSORS, ArtefactCache, Format, code_version, tensor_digest
+from .cache import CHECKPOINT, TENSORS, ArtefactCache, code_version, tensor_digest
 from .embedded import origin_of, seed_from_embedded
 from .executor import Executor, Job
 
@@ -166,15 +166,6 @@ class StudyContext:
         the source of the ``code`` modules that build it."""
         return self.cache.get_or_build(kind, {**ingredients, "code": code_version(code)}, build, fmt)
 
-    def build_many(self, requests: list[Build]) -> list[Any]:
-        """Independent artefact builds as one batch of jobs (in parallel under the ray executor).
-        Each ``build(folder)`` must be self-contained — it may run in another process, so it
-        captures the values it needs, never the context — and leaves torch's global generator
-        alone or relies on the seed its job gets from its key."""
-        jobs = [Job(r.kind, {**r.ingredients, "code": code_version(r.code)}, _call_build, r.fmt, r.label or r.kind,
-                    {"build": r.build}) for r in requests]
-        return self.executor.run(self.cache.root, jobs, self.study)
-
 
 @dataclass
 class Finetune:
@@ -186,18 +177,6 @@ class Finetune:
     mixture: Any
     train_cfg: TrainConfig
     mask: dict[str, torch.Tensor] | None = None
-
-
-@dataclass
-class Build:
-    """One artefact for ``build_many``: the arguments of ``StudyContext.build``."""
-
-    kind: str
-    ingredients: dict[str, Any]
-    build: Callable[[Path], Any]
-    fmt: Format
-    code: tuple[str, ...]
-    label: str = ""
 
 
 def _tune(folder: Path, *, start: StateDict, mask: dict[str, torch.Tensor] | None, recipe: tuple[ModelConfig, int] | None,
@@ -213,10 +192,6 @@ def _tune(folder: Path, *, start: StateDict, mask: dict[str, torch.Tensor] | Non
     load_weights(model, start)
     train(model, train_cfg, mixture, checkpoint=folder / CHECKPOINT, mask=mask, label=label, meta=meta, log=lambda r: None)
     return weights_of(model)
-
-
-def _call_build(folder: Path, *, build: Callable[[Path], Any], device: str | None = None) -> Any:
-    return build(folder)
 
 
 def study_settings(cfg: RunConfig, name: str, config_cls: type[Config]) -> Config:

@@ -92,6 +92,9 @@ def _folder_lock(folder: Path) -> Iterator[None]:
 def run_job(root: str | Path, job: Job, threads: int, inputs: dict[str, Any], device: str | None) -> Any:
     """Build (or read) ``job``'s artefact under ``root``; the same code in every executor."""
     cache = ArtefactCache(Path(root))
+    final = cache.find(job.kind, job.ingredients, job.fmt)
+    if final.exists():  # finished: read without a lock (a read-only or shared run directory stays readable)
+        return job.fmt.read(final)
     folder = cache.folder(job.kind, key_of(job.ingredients))
     extra = {"device": device} if device is not None else {}
     with _folder_lock(folder), _job_environment(threads, job.key, device):
@@ -196,7 +199,10 @@ class RayExecutor(Executor):
             return job.fmt.read(root / job.key / job.fmt.filename)
         self._ensure_started()
         names = list(job.inputs)
-        refs = [self._inputs.setdefault(id(v), self.ray.put(v)) for v in job.inputs.values()]
+        for v in job.inputs.values():  # each input (the shared start weights, above all) is uploaded once per batch
+            if id(v) not in self._inputs:
+                self._inputs[id(v)] = self.ray.put(v)
+        refs = [self._inputs[id(v)] for v in job.inputs.values()]
         cuda = job.device is not None and job.device.startswith("cuda")
         device = "cuda" if cuda else job.device  # a Ray worker sees only the GPUs it was given, from cuda:0
         task = self._remote.options(num_cpus=self.threads, num_gpus=self.gpus_per_job if cuda else 0,
