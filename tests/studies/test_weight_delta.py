@@ -101,7 +101,7 @@ def test_weight_delta_study_end_to_end(tmp_path):
     out = tmp_path / "wd"
     main(["run", "weight-delta", "--preset", "quick", "--out", str(out), "--set", "pretrain.steps=30",
           "--set", "studies.weight-delta.finetune.steps=8", "--set", "studies.weight-delta.min_gain=0.0",
-          "--set", 'studies.weight-delta.regimes=["adamw", "sgd-frozen"]'])
+          "--set", 'studies.weight-delta.regimes=["adamw", "sgd-frozen", "lora"]'])
     doc = json.loads((out / "results.json").read_text())
     claims = [c for c in doc["claims"] if c["study"] == "weight-delta"]
     assert [c["id"] for c in claims] == ["C0"] * 4
@@ -112,7 +112,7 @@ def test_weight_delta_study_end_to_end(tmp_path):
     metrics = wd["metrics"]
     assert set(metrics["top_energy"]) == {"fraction", "task", "shuffled", "null"}
     assert metrics["target_level"] == 3 and metrics["finetune_levels"] == [1, 2, 3]
-    assert len(metrics["runs"]) == 8  # 2 regimes x 2 tasks x 2 seeds
+    assert len(metrics["runs"]) == 12  # 3 regimes x 2 tasks x 2 seeds
     full = [r for r in metrics["grafting"] if r["k"] == 1.0 and r["selector"] in ("magnitude", "random")]
     for row in full:  # grafting everything back reproduces the fine-tune: share kept 1 on every measure that gained
         for m in ("exact", "token", "loss"):
@@ -122,4 +122,5 @@ def test_weight_delta_study_end_to_end(tmp_path):
     assert names == {"concentration", "grafting-exact", "grafting-token", "grafting-loss", "learned-vs-controls", "support",
                      "imposed", "profile-kind", "profile-layer"}
     assert any("downgraded" in n for n in wd["notes"])
-    assert {r[0] for r in wd["tables"][-1]["rows"]} == {"adamw", "sgd-frozen"}
+    assert {r[0] for r in wd["tables"][-1]["rows"]} == {"adamw", "sgd-frozen", "lora"}
+    assert [r["regime"] for r in metrics["regime_summary"]] == ["adamw", "sgd-frozen", "lora"]

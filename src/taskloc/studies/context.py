@@ -21,6 +21,7 @@ from ..config import Config
 from ..io import MemoryCheckpoint, fingerprint
 from ..io.atomic import write_json, write_text
 from ..models import LoadedModel, ModelConfig, TinyLM, codec_of, load_weights, weights_of
+from ..models import lora as lora_adapters
 from ..runconfig import RunConfig
 from ..tasks import Task
 from ..tasks.mixture import TaskMixture
@@ -155,7 +156,11 @@ class StudyContext:
         for r in requests:
             ingredients = {**r.key, "start": tensor_digest(r.start), "mask": tensor_digest(r.mask), "train": r.train_cfg.to_dict(),
                            "data": r.mixture.fingerprint(), "codec": codec, "code": code_version(TRAINING_CODE)}
-            build = functools.partial(_tune, recipe=recipe, train_cfg=r.train_cfg, mixture=r.mixture, label=r.label,
+            if r.lora is not None:  # keys without adapters stay as they were: their cached fine-tunes remain valid
+                if r.mask is not None:
+                    raise ValueError("a LoRA fine-tune trains its adapters only; it takes no mask")
+                ingredients.update(lora=r.lora.to_dict(), lora_code=code_version(("taskloc.models.lora",)))
+            build = functools.partial(_tune, recipe=recipe, train_cfg=r.train_cfg, mixture=r.mixture, label=r.label, lora=r.lora,
                                       meta={"kind": "finetune", "key": json.dumps(r.key, sort_keys=True)})
             inputs = {"start": r.start, "mask": r.mask, **({"template": self.given.model} if self.given is not None else {})}
             jobs.append(Job("ft", ingredients, build, TENSORS, r.label, inputs, str(self.device)))
@@ -177,11 +182,12 @@ class Finetune:
     mixture: Any
     train_cfg: TrainConfig
     mask: dict[str, torch.Tensor] | None = None
+    lora: lora_adapters.LoraSpec | None = None  # train low-rank adapters (base frozen), then merge them
 
 
 def _tune(folder: Path, *, start: StateDict, mask: dict[str, torch.Tensor] | None, recipe: tuple[ModelConfig, int] | None,
           train_cfg: TrainConfig, mixture: Any, label: str, meta: dict[str, str], device: str,
-          template: torch.nn.Module | None = None) -> StateDict:
+          template: torch.nn.Module | None = None, lora: lora_adapters.LoraSpec | None = None) -> StateDict:
     """A fine-tune job: the model is made as ``StudyContext.new_model`` makes it (a seeded TinyLM,
     or a copy of the --model model), so the job needs nothing from the driver's context."""
     if recipe is not None:
@@ -190,7 +196,12 @@ def _tune(folder: Path, *, start: StateDict, mask: dict[str, torch.Tensor] | Non
     else:
         model = copy.deepcopy(template).to(device)
     load_weights(model, start)
+    if lora is not None:
+        # the adapters' A is drawn from torch's generator, which the executor seeded from the job's key
+        mask = lora_adapters.attach(model, lora)
     train(model, train_cfg, mixture, checkpoint=folder / CHECKPOINT, mask=mask, label=label, meta=meta, log=lambda r: None)
+    if lora is not None:
+        lora_adapters.merge(model)
     return weights_of(model)
 
 
