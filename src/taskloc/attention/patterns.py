@@ -68,7 +68,9 @@ class PatternSpec:
 class Selection:
     """Which keys each query attends (see the module docstring)."""
 
-    member: torch.Tensor  # (B, H, R, Tk) bool: the key list of each row of ``rows`` queries
+    # (B, H, R, Tk) bool: the key list of each row of ``rows`` queries, or a function building it on
+    # first use (``member``): vertical-slash's lists cost more than its own kernel, which never reads them.
+    member_: torch.Tensor | Callable[[], torch.Tensor]
     rows: int  # queries per row
     t_q: int
     vert: torch.Tensor | None = None  # (B, H, Tk) bool: columns the element rule lets through
@@ -78,6 +80,12 @@ class Selection:
     # so kernels gather blocks instead of keys.
     blocks: tuple[torch.Tensor, torch.Tensor] | None = None
     unit: int = 1
+
+    @property
+    def member(self) -> torch.Tensor:
+        if callable(self.member_):
+            self.member_ = self.member_()
+        return self.member_
 
     def allowed(self) -> torch.Tensor:
         """The attended set as a dense (B, H, Tq, Tk) bool (tests and small inputs only)."""
@@ -233,16 +241,19 @@ def vertical_slash(spec: PatternSpec, q: torch.Tensor, k: torch.Tensor, scale: f
     vert = top_members(vertical.masked_fill(keys < spec.sinks, math.inf), torch.ones_like(seen[0]).expand(b, h, t_k),
                        n_vert) if n_vert else torch.zeros(b, h, t_k, dtype=torch.bool, device=q.device)
     diag = top_members(slash.masked_fill(keys == 0, math.inf), torch.ones_like(seen[0]).expand(b, h, t_k), n_slash)
-    # A row's key list: its columns, and every key that one of its queries reaches on a diagonal.
     rows = min(spec.block, t_q)
     n_rows = math.ceil(t_q / rows)
-    first = qpos[torch.arange(n_rows, device=q.device) * rows]
-    last = qpos[(torch.arange(n_rows, device=q.device) * rows + rows - 1).clamp(max=t_q - 1)]
-    ahead = torch.nn.functional.pad(diag.cumsum(-1), (1, 0))  # (B, H, Tk + 1): diagonals below each offset
-    hi = (last[:, None] - keys[None, :]).clamp(min=-1, max=t_k - 1) + 1  # offsets p - j over the row
-    lo = (first[:, None] - keys[None, :]).clamp(min=0, max=t_k)
-    reached = (ahead[:, :, hi] - ahead[:, :, lo.clamp(max=hi)]) > 0  # (B, H, R, Tk)
-    member = vert[:, :, None, :] | reached
+
+    def member() -> torch.Tensor:
+        """A row's key list: its columns, and every key that one of its queries reaches on a diagonal."""
+        first = qpos[torch.arange(n_rows, device=q.device) * rows]
+        last = qpos[(torch.arange(n_rows, device=q.device) * rows + rows - 1).clamp(max=t_q - 1)]
+        ahead = torch.nn.functional.pad(diag.cumsum(-1), (1, 0))  # (B, H, Tk + 1): diagonals below each offset
+        hi = (last[:, None] - keys[None, :]).clamp(min=-1, max=t_k - 1) + 1  # offsets p - j over the row
+        lo = (first[:, None] - keys[None, :]).clamp(min=0, max=t_k)
+        reached = (ahead[:, :, hi] - ahead[:, :, lo.clamp(max=hi)]) > 0  # (B, H, R, Tk)
+        return vert[:, :, None, :] | reached
+
     return Selection(member, rows, t_q, vert=vert, slash=diag, select_flops=2 * b * h * n_last * t_k * d)
 
 

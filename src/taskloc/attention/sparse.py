@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from .flops import FlopLedger
 from .kernels import ATTENTION, PatternSite, dense_attention, grouped_values
 from .patterns import PatternSpec, Selection, per_head, query_positions, select
+from .vertical_slash import vertical_slash_attention
 
 # Measured on CPU, 1 thread, a shared 2-core machine (benchmarks/sparse_attention.py, density 1/16,
 # block 64, 8 heads x 64, i.i.d. Gaussian inputs, fastest of 3-5): block-sparse gather 5.3x over SDPA
@@ -39,7 +40,7 @@ from .patterns import PatternSpec, Selection, per_head, query_positions, select
 # vertical-slash flex 6.9x at 2048, but flex compiles per shape (15-900 s first call), so gather is the
 # default; flex is opt-in (backend="flex").
 DEFAULT_BACKEND = "gather"
-BACKENDS = ("gather", "flex")
+BACKENDS = ("gather", "key-lists", "flex")
 
 
 def _row_view(x: torch.Tensor, rows: int, n_rows: int) -> torch.Tensor:
@@ -273,9 +274,11 @@ class SparseAttention:
             return dense_attention(q, k, v, pattern_site, mask, causal=causal, scale=scale)
         sel = select(self.spec, q, k, scale)
         t_q, t_k = q.shape[2], k.shape[2]
-        if (self.backend == "flex" and t_q == t_k and t_k % sel.rows == 0 and mask is None
-                and not pattern_site.active and self.ledger is None):
+        fused = mask is None and not pattern_site.active  # no caller mask to apply, no hook to show the pattern
+        if self.backend == "flex" and t_q == t_k and t_k % sel.rows == 0 and fused and self.ledger is None:
             return flex_attention_sparse(q, k, v, sel, scale)
+        if self.backend == "gather" and self.spec.name == "vertical-slash" and fused:
+            return vertical_slash_attention(q, k, v, sel, scale, self.ledger)
         return gathered_attention(q, k, v, sel, mask, scale, pattern_site, self.ledger)
 
 
