@@ -136,6 +136,17 @@ def test_learned_mask_finds_the_planted_skill_where_magnitude_takes_the_decoy(pl
     assert kept["saliency"] < 0.95 < kept["learned"]
 
 
+def test_learned_mask_from_the_saliency_start_finds_the_part_saliency_misses(planted):
+    """Started at the saliency top k (the weight-delta study's start), the optimisation still
+    reaches the dead-channel entries whose base gradient is ~0, so it ends above its start."""
+    model, base, tuned, skill, _, pairs, visible = planted
+    k = count_of(skill)
+    mask = select("learned", base, tuned, k, model=model, data=pairs, init="saliency")
+    assert _recall(mask, skill) > 0.9 > visible / k
+    with pytest.raises(ConfigError, match="init='sailency'"):
+        select("learned", base, tuned, k, model=model, data=pairs, init="sailency")
+
+
 def test_model_rules_leave_the_model_untouched_and_repeat_under_a_seed(planted):
     model, base, tuned, _, _, pairs, _ = planted
     before = copy.deepcopy(model.state_dict())

@@ -6,8 +6,10 @@ Localization in Fine-tuned Language Models"): over the delta of a fine-tune, the
     theta(s) = base + sigmoid(s) * delta            (entrywise, s a real logit per entry)
 
 are scored by the task's answer loss on its training pairs, and s alone is optimised (Adam) with
-the model frozen. s starts at +init inside the magnitude top-k and -init outside, so the
-optimisation begins at (a smoothed) magnitude graft. A penalty ``sparsity * sum(sigmoid(s)) / k``
+the model frozen. s starts at +init_logit inside a start mask and -init_logit outside, so the
+optimisation begins at (a smoothed) graft of that mask: the magnitude top-k, as in the paper, or
+the saliency top-k (``init``), which on small deltas where magnitude keeps nearly nothing lets a
+short optimisation start from a graft that already reads the task loss. A penalty ``sparsity * sum(sigmoid(s)) / k``
 prices every kept entry at ``sparsity / k`` of the loss: an entry rises only while its first-order
 share of the loss reduction exceeds that price, and entries that do not move the loss (however
 large their delta) sink. At the end the mask is binarised to exactly k entries: the top k of s.
@@ -23,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch.func import functional_call
 
+from ..errors import ConfigError
 from ..models import LanguageModel, codec_of, unique_weight_names
 from ..train import answer_loss
 from .masks import Mask, SelectOptions, top_k_scores
@@ -71,6 +74,17 @@ def loss_gradient(model: LanguageModel, base: Mapping[str, torch.Tensor], pairs:
     return {name: g.cpu() for name, g in total.items()}
 
 
+def select_start(base: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor], k: int, options) -> Mask:
+    """The k entries the optimisation starts from: the magnitude top k (the paper's start) or the
+    saliency top k (a start that already reads the task loss)."""
+    if options.init == "magnitude":
+        return top_k_scores(deltas, k)
+    if options.init != "saliency":
+        raise ConfigError(f"learned-mask init={options.init!r}: choose 'magnitude' or 'saliency'.")
+    grads = loss_gradient(options.model, base, options.data, batch_size=options.batch_size)
+    return top_k_scores({name: (d * grads[name]).abs() for name, d in deltas.items()}, k)
+
+
 def learn_mask(model: LanguageModel, base: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Tensor], k: int,
                options: SelectOptions) -> Mask:
     """Exactly k entries of ``deltas``: the top k of the logits s after ``options.steps`` Adam
@@ -79,7 +93,7 @@ def learn_mask(model: LanguageModel, base: Mapping[str, torch.Tensor], deltas: M
         return {name: torch.zeros_like(d, dtype=torch.bool) for name, d in deltas.items()}
     model.eval()
     device = model.device
-    start = top_k_scores(deltas, k)
+    start = select_start(base, deltas, k, options)
     base_d = {name: base[name].to(device, torch.float32) for name in deltas}
     delta_d = {name: d.to(device, torch.float32) for name, d in deltas.items()}
     logits = {name: torch.where(start[name], options.init_logit, -options.init_logit).to(device).requires_grad_(True)

@@ -59,6 +59,7 @@ class SelectOptions:
     batch_size: int = 32
     sparsity: float = 0.1
     init_logit: float = 3.0
+    init: str = "magnitude"  # the rule whose top k the learned mask starts from: magnitude (Panigrahi et al.) or saliency
 
 
 SETTINGS = tuple(f.name for f in fields(SelectOptions) if f.name not in ("model", "data", "seed"))  # select(**settings)

@@ -45,7 +45,7 @@ from ..tasks import TASKS, get_task
 from ..tasks.mixture import TaskMixture, eval_examples
 from ..train import TrainConfig
 from .base import STUDIES, Claim, Precondition, Study, StudyResult, bars_figure, decide_claim, heatmap_figure, lines_figure
-from .context import StudyContext
+from .context import Finetune, StudyContext
 from .core_isolation_plan import consolidation_stages, family_of, heuristic_order, overlap_summary, paired, random_order, trainable_outside, union
 from .grafting import Scorer
 from .stats import NAN_INTERVAL, hierarchical_interval
@@ -177,16 +177,18 @@ class CoreIsolationStudy(Study):
         def score(state: StateDict) -> dict[str, float]:
             return {n: scorer(state, ex).exact for n, ex in evals.items()}  # target-level exact match per task
 
-        def tune(task: str, seed: int, start: StateDict, mask: Mask | None = None) -> StateDict:
+        def tune_request(task: str, seed: int, start: StateDict, mask: Mask | None = None) -> Finetune:
             # weight-delta's adamw key, mixture and schedule: from the base this is its fine-tune
-            return ctx.finetune(f"adamw {task} s{seed}", {"task": task, "seed": seed, "regime": "adamw", "levels": levels},
-                                start, TaskMixture([tasks[task]], levels, seed=1000 + seed), S, mask=mask)
+            return Finetune(f"adamw {task} s{seed}", {"task": task, "seed": seed, "regime": "adamw", "levels": levels},
+                            start, TaskMixture([tasks[task]], levels, seed=1000 + seed), S, mask)
 
-        def chain(order: list[str], seed: int) -> StateDict:
-            state = base
-            for task in order:
-                state = tune(task, seed, state)
-            return state
+        def chains(orders: list[list[str]], seed: int) -> list[StateDict]:
+            """Sequential fine-tunes in each order; the chains advance together, one batch of
+            independent jobs per position (in parallel under the ray executor)."""
+            states = [base] * len(orders)
+            for position in range(len(names)):
+                states = ctx.finetune_many([tune_request(order[position], seed, state) for order, state in zip(orders, states)])
+            return states
 
         def consolidate(fused: StateDict, groups: list[list[int]], cores: list[Mask], seed: int, freeze: bool) -> StateDict:
             state = fused
@@ -216,7 +218,9 @@ class CoreIsolationStudy(Study):
                 def put(method: str, state: StateDict, seed: int = seed) -> None:
                     acc.setdefault(method, {})[seed] = score(state)
 
-                probes = [tune(n, seed, base) for n in names]
+                mixed_request = Finetune(f"mixed s{seed}", {"tasks": names, "seed": seed, "regime": "mixed", "levels": levels},
+                                         base, TaskMixture(list(tasks.values()), levels, seed=2000 + seed), mixed_cfg)
+                *probes, mixed = ctx.finetune_many([*(tune_request(n, seed, base) for n in names), mixed_request])
                 for n, sd in zip(names, probes):
                     acc.setdefault("probe (own task)", {}).setdefault(seed, {})[n] = scorer(sd, evals[n]).exact
                 cores = core_masks(base, probes, cfg.p)
@@ -226,11 +230,11 @@ class CoreIsolationStudy(Study):
                 groups = groups_of(jac, cfg.tau)
                 jac_by_seed.append(jac)
                 groups_by_seed.append(groups)
-                put("multi-task mixed", ctx.finetune(f"mixed s{seed}", {"tasks": names, "seed": seed, "regime": "mixed", "levels": levels},
-                                                     base, TaskMixture(list(tasks.values()), levels, seed=2000 + seed), mixed_cfg))
+                put("multi-task mixed", mixed)
                 orders[seed] = {"random": random_order(names, seed), "heuristic": heuristic_order(names, jac)}
-                put("sequential (random order)", chain(orders[seed]["random"], seed))
-                put("sequential (overlap order)", chain(orders[seed]["heuristic"], seed))
+                by_random, by_overlap = chains([orders[seed]["random"], orders[seed]["heuristic"]], seed)
+                put("sequential (random order)", by_random)
+                put("sequential (overlap order)", by_overlap)
                 advance()
                 lam = cfg.task_arithmetic_lambda
                 put("task arithmetic", merge_models(base, probes, method="task_arithmetic", options={"lambda_": lam}).state_dict)
@@ -248,9 +252,9 @@ class CoreIsolationStudy(Study):
                 for x, y in cfg.forgetting_pairs:
                     for a, b in ((x, y), (y, x)):
                         i = names.index(a)
-                        runs = {"full": tune(b, seed, probes[i]),
-                                "core frozen": tune(b, seed, probes[i], mask=trainable_outside(cores[i])),
-                                "random frozen": tune(b, seed, probes[i], mask=trainable_outside(rnd[i]))}
+                        runs = dict(zip(("full", "core frozen", "random frozen"), ctx.finetune_many([
+                            tune_request(b, seed, probes[i]), tune_request(b, seed, probes[i], trainable_outside(cores[i])),
+                            tune_request(b, seed, probes[i], trainable_outside(rnd[i]))])))
                         before = scorer(probes[i], evals[a]).exact
                         forgetting.append({"seed": seed, "first": a, "second": b, "first_before": before,
                                            "second_alone": scorer(probes[names.index(b)], evals[b]).exact,

@@ -76,6 +76,8 @@ class WeightDeltaConfig(Config):
     graft_fractions: list[float] = field([0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5], "k values of the grafting curves (fractions)")
     learned_fractions: list[float] = field([0.01], "k values at which masks are learned (costly: an optimisation each)")
     learned_steps: int = field(60, "optimisation steps of a learned mask")
+    learned_init: str = field("saliency", "where a learned mask starts: the top k by saliency, or by magnitude (Panigrahi et al.'s "
+                                          "start, which needs several times the steps here to leave magnitude's near-zero graft)")
     fit_examples: int = field(256, "training-split examples a learned or saliency mask is fitted on (never the evaluation set)")
     support_fraction: float = field(0.01, "k of the top-k support used for Jaccard and the concentration verdict")
     small_k: float = field(0.05, "the largest k that still counts as a small subset for the shape of the curve")
@@ -116,6 +118,8 @@ class WeightDeltaConfig(Config):
 
         for name in self.selectors:
             SELECTORS.get(name)
+        if self.learned_init not in ("saliency", "magnitude"):
+            raise ConfigError(f"{self.key('learned_init')}={self.learned_init!r}: choose 'saliency' or 'magnitude'.")
         if self.learned_steps < 1 or self.fit_examples < 1:
             raise ConfigError(f"{self.key('learned_steps')} and {self.key('fit_examples')} must be at least 1.")
 
@@ -343,7 +347,8 @@ class WeightDeltaStudy(Study):
             for name in selectors:
                 out[name] = {}
                 for k in fractions[name]:
-                    mask, scale = choose(name, base, delta, k, model=fit_model, data=data, seed=salt + seed, steps=cfg.learned_steps)
+                    mask, scale = choose(name, base, delta, k, model=fit_model, data=data, seed=salt + seed, steps=cfg.learned_steps,
+                                         init=cfg.learned_init)
                     scores = scorer(graft(base, delta, mask, scale), evals)
                     out[name][k] = {m: share_kept(scores, b, t, m) for m in MEASURES}
             return out
@@ -662,7 +667,7 @@ class WeightDeltaStudy(Study):
 
 
 def choose(name: str, base: StateDict, delta: StateDict, fraction: float, *, model, data: list[Example], seed: int,
-           steps: int) -> tuple[Mask, float]:
+           steps: int, init: str = "saliency") -> tuple[Mask, float]:
     """The mask of ``round(fraction * n)`` entries that selection rule ``name`` picks from
     ``delta``, and the scale its entries are grafted at (n/k for DARE, else 1)."""
     from ..deltas.masks import rule_scale, select
@@ -671,7 +676,7 @@ def choose(name: str, base: StateDict, delta: StateDict, fraction: float, *, mod
     k = round(fraction * n)
     tuned = {name_: base[name_] + delta[name_] for name_ in base}
     mask = select(name, base, tuned, k, model=model, data=[(e.prompt, e.target) for e in data], seed=seed,
-                  **({"steps": steps} if name == "learned" else {}))
+                  **({"steps": steps, "init": init} if name == "learned" else {}))
     return mask, rule_scale(name, k, n)
 
 
