@@ -28,7 +28,7 @@ def naive_allowed(vert, slash, t_q):
 
 
 def reference(q, k, v, allowed, scale):
-    """Masked softmax attention, heads repeated for GQA; rows with nothing allowed come out 0."""
+    """Masked softmax attention, heads repeated for GQA (rows with nothing allowed: 0)."""
     g = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
     scores = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, -math.inf)
@@ -67,7 +67,7 @@ def unused_member():
 @pytest.mark.parametrize("t_q, t_k, h_kv, chunk", [(37, 37, 2, 24), (37, 37, 4, 2048), (32, 32, 1, 8),
                                                   (5, 37, 2, 24), (1, 29, 2, 8)])
 def test_kernel_equals_naive_masked_softmax(compiled, dtype, atol, t_q, t_k, h_kv, chunk, monkeypatch):
-    # chunk 24 over B*H = 8 query-heads is 3 queries per chunk: 37 is not a multiple of it
+    # chunks of 24 and 8 queries (compiled) and ~20 and ~7 (torch): 37 is a multiple of none
     monkeypatch.setattr(vs, "COMPILED", compiled)
     monkeypatch.setattr(vs, "CHUNK_ROWS", chunk)
     monkeypatch.setattr(vs, "CHUNK_FLOATS", chunk * 8 * 6 * 8)  # the torch path's chunks: chunk / 8 queries
@@ -77,13 +77,16 @@ def test_kernel_equals_naive_masked_softmax(compiled, dtype, atol, t_q, t_k, h_k
     sel = Selection(unused_member, 8, t_q, vert=vert, slash=slash)
     ledger = FlopLedger()
     out = vs.vertical_slash_attention(q, k, v, sel, 0.3, ledger)
-    torch.testing.assert_close(out, reference(q, k, v, allowed, 0.3), rtol=0, atol=atol)
+    live = allowed.any(-1, keepdim=True)  # a query that reaches no key: finite, otherwise unspecified
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out * live, reference(q, k, v, allowed, 0.3) * live, rtol=0, atol=atol)
     assert ledger.attended == int(allowed.sum()) and ledger.computed >= ledger.attended
 
 
 @pytest.mark.parametrize("compiled", PATHS)
 def test_query_with_nothing_to_attend_is_finite(compiled, monkeypatch):
-    # no columns, only diagonal 5: queries before position 5 reach no key
+    # no columns, only diagonal 5: queries before position 5 reach no key; their output is
+    # unspecified but finite (kernels.py's contract), the others' exact
     monkeypatch.setattr(vs, "COMPILED", compiled)
     q, k, v = qkv(16, 16, 2, torch.float64)
     vert = torch.zeros(2, 4, 16, dtype=torch.bool)
@@ -93,7 +96,7 @@ def test_query_with_nothing_to_attend_is_finite(compiled, monkeypatch):
     ledger = FlopLedger()
     out = vs.vertical_slash_attention(q, k, v, Selection(unused_member, 8, 16, vert=vert, slash=slash), 0.5, ledger)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, reference(q, k, v, allowed, 0.5), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[:, :, 5:], reference(q, k, v, allowed, 0.5)[:, :, 5:], rtol=0, atol=1e-12)
     assert ledger.attended == int(allowed.sum()) == 2 * 4 * 11
 
 

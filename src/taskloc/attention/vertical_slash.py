@@ -21,7 +21,6 @@ but slower on CPU. Measured numbers: benchmarks/sparse_attention.py and sparse.p
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -39,8 +38,8 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
 COMPILED = numba is not None  # tests switch it off to compare the two paths
-# Query-heads per chunk on the compiled path: (B * H * chunk) rows of scores, ~(Nc + Nd) floats each,
-# stay within a few MB (measured: 256 queries x 8 heads was fastest of 64..1024 at T = 8192).
+# Query rows (batch x heads x queries) per chunk on the compiled path: their (Nc + Nd) scores
+# stay near cache size (measured at T = 8192, 8 heads: 256 queries per head ...).
 CHUNK_ROWS = 2048
 # Gathered floats per chunk on the torch path (B x H x chunk x Nd x D), as sparse.CHUNK_FLOATS.
 CHUNK_FLOATS = 1 << 22
@@ -127,139 +126,115 @@ def _torch(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
     heads = torch.arange(h, device=q.device)[None, :, None, None]
     batch = torch.arange(b, device=q.device)[:, None, None, None]
     acc = torch.promote_types(q.dtype, torch.float32)
+    lowest = torch.finfo(q.dtype).min  # blocked pairs, as in the compiled path
     outs, computed = [], 0
     for s, width in zip(starts, widths):
         pos = torch.arange(first + s, first + min(t_q, s + step), device=q.device)  # (C,)
-        qc = q[:, :, s : s + len(pos)]  # (B, H, C, D)
-        c_score = (qc @ k_c[:, :, :width].transpose(-1, -2)).masked_fill(cols[:, :, None, :width] > pos[:, None], -math.inf)
+        qc = q[:, :, s : s + len(pos)] * scale  # (B, H, C, D): scores come out scaled, blocked ones stay finite
+        c_score = (qc @ k_c[:, :, :width].transpose(-1, -2)).masked_fill(cols[:, :, None, :width] > pos[:, None], lowest)
         keys = pos[:, None] - offsets[:, :, None, :]  # (B, H, C, Nd)
         safe = keys.clamp(min=0)
         skip = (keys < 0) | vert[batch, heads, safe]
         k_d, v_d = _gather_heads(k, safe, h), _gather_heads(v, safe, h)  # (B, H, C, Nd, D)
-        d_score = torch.einsum("bhcd,bhcnd->bhcn", qc, k_d).masked_fill(skip, -math.inf)
-        probs = torch.softmax(torch.cat([c_score, d_score], -1) * scale, -1, dtype=acc)
-        probs = probs.nan_to_num(0.0).to(v.dtype)  # a query with nothing allowed: zeros, as compiled
+        d_score = torch.einsum("bhcd,bhcnd->bhcn", qc, k_d).masked_fill(skip, lowest)
+        probs = torch.softmax(torch.cat([c_score, d_score], -1), -1, dtype=acc).to(v.dtype)
         outs.append(probs[..., :width] @ v_c[:, :, :width] + torch.einsum("bhcn,bhcnd->bhcd", probs[..., width:], v_d))
         computed += b * h * len(pos) * (width + n_d)
     return torch.cat(outs, dim=2), computed
 
 
 def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
-    """The compiled path: column matmuls by torch, diagonals and softmax by numba kernels, in place.
+    """The compiled path, a chunk of queries of every (batch, head) at a time. A chunk's scores are
+    one (B, H, C, Nc' + Nd) buffer: the columns' by a torch matmul, the diagonals' by a numba loop
+    (which also blocks the columns past each query); then torch's vectorised softmax, a matmul for
+    the columns' values and a numba loop adding the diagonals' values in place. The numba loops
+    read the whole contiguous q, k, v, out, so their inner loops run over contiguous rows.
     Returns (out, computed column pairs); the diagonal pairs computed are counted by the caller."""
     b, h, t_q, _d = q.shape
+    n_d = offsets.shape[-1]
+    q = (q * scale).contiguous()  # scaled once: every score below is already q.k * scale
     step = max(1, CHUNK_ROWS // (b * h))
     starts = list(range(0, t_q, step))
-    ends = torch.tensor([first + min(t_q, s + step) - 1 for s in starts])
-    widths = _column_widths(cols, ends)
-    k_n, v_n = k.contiguous().numpy(), v.contiguous().numpy()  # (B, Hkv, Tk, D): rows read in place
-    offsets_n, cols_n = offsets.numpy(), cols.numpy()
-    vert_n = vert.contiguous().numpy()
-    consts = _constants(scale, k_n.dtype)
+    widths = _column_widths(cols, torch.tensor([first + min(t_q, s + step) - 1 for s in starts]))
+    q_n, k_n, v_n = q.numpy(), k.numpy(), v.numpy()
+    offsets_n, cols_n, vert_n = offsets.numpy(), cols.numpy(), vert.contiguous().numpy()
+    # [score of a blocked pair (finite: exp gives exactly 0 and no NaN), 0] in the inputs' dtype: a
+    # Python float literal would make numba accumulate float32 dot products in float64 (1.5x slower)
+    consts = np.array([torch.finfo(q.dtype).min, 0], dtype=k_n.dtype)
     out = torch.empty(b, h, t_q, v.shape[-1], dtype=q.dtype)
+    out_n = out.numpy()
     computed = 0
     for s, width in zip(starts, widths):
         c = min(step, t_q - s)
-        qc = q[:, :, s : s + c].contiguous()  # (B, H, C, D)
-        c_score = qc @ k_c[:, :, :width].transpose(-1, -2)  # (B, H, C, Nc'): unscaled
-        d_score = np.empty((b, h, c, offsets.shape[-1]), dtype=qc.numpy().dtype)
-        _diagonal_scores(qc.numpy(), k_n, offsets_n, vert_n, first + s, consts, d_score)
-        _joint_softmax(c_score.numpy(), cols_n, d_score, first + s, consts)  # both become probabilities, in place
-        chunk = c_score @ v_c[:, :, :width]  # (B, H, C, Dv)
-        _diagonal_values(d_score, v_n, offsets_n, first + s, chunk.numpy())
-        out[:, :, s : s + c] = chunk
+        scores = torch.empty(b, h, c, width + n_d, dtype=q.dtype)  # (B, H, C, Nc' + Nd)
+        scores[..., :width] = q[:, :, s : s + c] @ k_c[:, :, :width].transpose(-1, -2)
+        _diagonal_scores(q_n, k_n, offsets_n, vert_n, cols_n, s, first, consts, scores.numpy())
+        probs = torch.softmax(scores, -1)
+        out[:, :, s : s + c] = probs[..., :width] @ v_c[:, :, :width]  # (B, H, C, Dv)
+        _diagonal_values(probs.numpy(), v_n, offsets_n, s, first, out_n)
         computed += b * h * c * width
     return out, computed
 
 
-# The compiled loops take their float constants from ``consts`` = [scale, -inf, 0, 1] in the
-# inputs' dtype: a Python float literal would promote float32 arithmetic (and exp) to float64.
-def _constants(scale: float, dtype: np.dtype) -> np.ndarray:
-    return np.array([scale, -np.inf, 0, 1], dtype=dtype)
-
-
-def _diagonal_scores_py(q, k, offsets, vert, pos0, consts, out):
-    """out[b, h, c, j] = q[b, h, c] . k[b, h // G, pos0 + c - offsets[b, h, j]], -inf where that key
-    is before 0 or is a column (vert). Diagonal-major: each diagonal's keys are read in order."""
-    n_b, n_h, n_c, n_e = q.shape
+def _diagonal_scores_py(q, k, offsets, vert, cols, s, first, consts, out):
+    """For the chunk of queries s .. s + C (positions first + s + c), q (B, H, Tq, D) pre-scaled,
+    k (B, Hkv, Tk, D): ``out`` (B, H, C, Nc' + Nd) holds the column scores in its first Nc'
+    entries. Sets a column's score to ``lowest`` = consts[0] past the query, and out[.., c, Nc' + j]
+    = q[s + c] . k[first + s + c - offsets[j]], or ``lowest`` where that key is before 0 or is a
+    column (vert). Diagonal-major: each diagonal's keys are read in order, and (offsets ascending)
+    neighbouring diagonals reuse cached keys."""
+    n_b, n_h, n_c, n_w = out.shape
+    n_col = n_w - offsets.shape[2]
     group = n_h // k.shape[1]
+    lowest, zero = consts[0], consts[1]
+    pos0 = first + s
     for b in range(n_b):
         for h in range(n_h):
-            kh, vh, qh = k[b, h // group], vert[b, h], q[b, h]
+            kh, qh, oh, vh = k[b, h // group], q[b, h], out[b, h], vert[b, h]
+            for c in range(n_c):
+                for j in range(n_col - 1, -1, -1):  # ascending columns: those past the query are a suffix
+                    if cols[b, h, j] <= pos0 + c:
+                        break
+                    oh[c, j] = lowest
             for j in range(offsets.shape[2]):
                 dist = offsets[b, h, j]
                 for c in range(n_c):
                     key = pos0 + c - dist
                     if key < 0 or vh[key]:
-                        out[b, h, c, j] = consts[1]
+                        oh[c, n_col + j] = lowest
                     else:
-                        acc = consts[2]
-                        for e in range(n_e):
-                            acc += qh[c, e] * kh[key, e]
-                        out[b, h, c, j] = acc
+                        acc = zero
+                        for e in range(qh.shape[1]):
+                            acc += qh[s + c, e] * kh[key, e]
+                        oh[c, n_col + j] = acc
 
 
-def _joint_softmax_py(col, cols, diag, pos0, consts):
-    """In place: each query's column scores col[b, h, c] (-> -inf past the query) and diagonal
-    scores diag[b, h, c], times scale, softmaxed together (max subtracted); a query with nothing
-    allowed gets zeros."""
-    n_b, n_h, n_c, n_col = col.shape
-    scale, lowest = consts[0], consts[1]
-    for b in range(n_b):
-        for h in range(n_h):
-            for c in range(n_c):
-                pos = pos0 + c
-                top = lowest
-                for j in range(n_col):
-                    if cols[b, h, j] > pos:
-                        col[b, h, c, j] = lowest
-                    else:
-                        top = max(top, col[b, h, c, j] * scale)
-                for j in range(diag.shape[3]):
-                    top = max(top, diag[b, h, c, j] * scale)
-                if top == lowest:
-                    col[b, h, c, :] = 0
-                    diag[b, h, c, :] = 0
-                    continue
-                total = consts[2]
-                for j in range(n_col):
-                    w = np.exp(col[b, h, c, j] * scale - top)
-                    col[b, h, c, j] = w
-                    total += w
-                for j in range(diag.shape[3]):
-                    w = np.exp(diag[b, h, c, j] * scale - top)
-                    diag[b, h, c, j] = w
-                    total += w
-                inv = consts[3] / total
-                for j in range(n_col):
-                    col[b, h, c, j] *= inv
-                for j in range(diag.shape[3]):
-                    diag[b, h, c, j] *= inv
-
-
-def _diagonal_values_py(p, v, offsets, pos0, out):
-    """out[b, h, c] += sum_j p[b, h, c, j] v[b, h // G, pos0 + c - offsets[b, h, j]] (keys >= 0)."""
-    n_b, n_h, n_c, n_j = p.shape
+def _diagonal_values_py(p, v, offsets, s, first, out):
+    """out[b, h, s + c] += sum_j p[b, h, c, Nc' + j] v[b, h // G, first + s + c - offsets[j]] over
+    keys >= 0; p (B, H, C, Nc' + Nd) probabilities, v (B, Hkv, Tk, Dv), out (B, H, Tq, Dv)."""
+    n_b, n_h, n_c, n_w = p.shape
+    n_j = offsets.shape[2]
+    n_col = n_w - n_j
     group = n_h // v.shape[1]
+    pos0 = first + s
     for b in range(n_b):
         for h in range(n_h):
             vh, ph, oh = v[b, h // group], p[b, h], out[b, h]
             for j in range(n_j):
                 dist = offsets[b, h, j]
                 for c in range(max(0, dist - pos0), n_c):
-                    w = ph[c, j]
+                    w = ph[c, n_col + j]
                     if w != 0:
                         key = pos0 + c - dist
                         for e in range(vh.shape[1]):
-                            oh[c, e] += w * vh[key, e]
+                            oh[s + c, e] += w * vh[key, e]
 
 
 if COMPILED:
-    # fastmath: the 64-term dot products may be split across vector lanes (reassociation); no NaN
-    # or inf flags, since -inf marks skipped pairs.
+    # fastmath: the dot products may be split across vector lanes (reassociation); no NaN or inf
+    # assumptions (finite ``lowest`` marks blocked pairs, but inputs may hold anything).
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
     _diagonal_scores = _jit(_diagonal_scores_py)
-    _joint_softmax = _jit(_joint_softmax_py)
     _diagonal_values = _jit(_diagonal_values_py)
 else:  # pragma: no cover
-    _diagonal_scores = _joint_softmax = _diagonal_values = None
+    _diagonal_scores = _diagonal_values = None
