@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PRESET ?= default
+# where a study's independent jobs run: ray (one worker per core, jobs side by side) or inprocess
+EXECUTOR ?= ray
 BIN := $(VENV)/bin
-# What `make run` needs (torch, taskloc with Hugging Face support) ...
+# What `make run` needs (torch, taskloc with Hugging Face support and Ray for the executor) ...
 STAMP := $(VENV)/.taskloc-installed
-# ... and what the tests and benchmarks add (pytest, ruff, Ray for the executor's tests: ~70 MB that
-# `make run` should not wait for).
+# ... and what the tests and benchmarks add (pytest, ruff).
 TEST_STAMP := $(VENV)/.taskloc-test-installed
 
 .PHONY: run test setup clean bench
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[hf]"
+	$(BIN)/python -m pip install --quiet -e ".[hf,ray]"
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
@@ -27,7 +28,7 @@ $(TEST_STAMP): $(STAMP)
 setup: $(TEST_STAMP)
 
 run: $(STAMP)
-	$(BIN)/taskloc run --preset $(PRESET) --out runs/$(PRESET)
+	$(BIN)/taskloc run --preset $(PRESET) --out runs/$(PRESET) --executor $(EXECUTOR)
 
 test: $(TEST_STAMP)
 	TASKLOC_QUIET=1 $(BIN)/python -m pytest

@@ -101,7 +101,8 @@ def test_weight_delta_study_end_to_end(tmp_path):
     out = tmp_path / "wd"
     main(["run", "weight-delta", "--preset", "quick", "--out", str(out), "--set", "pretrain.steps=30",
           "--set", "studies.weight-delta.finetune.steps=8", "--set", "studies.weight-delta.min_gain=0.0",
-          "--set", 'studies.weight-delta.regimes=["adamw", "sgd-frozen", "lora"]'])
+          "--set", 'studies.weight-delta.regimes=["adamw", "sgd-frozen", "lora"]',
+          "--set", "studies.weight-delta.regime_seeds=1"])
     doc = json.loads((out / "results.json").read_text())
     claims = [c for c in doc["claims"] if c["study"] == "weight-delta"]
     assert [c["id"] for c in claims] == ["C0"] * 4
@@ -112,7 +113,9 @@ def test_weight_delta_study_end_to_end(tmp_path):
     metrics = wd["metrics"]
     assert set(metrics["top_energy"]) == {"fraction", "task", "shuffled", "null"}
     assert metrics["target_level"] == 3 and metrics["finetune_levels"] == [1, 2, 3]
-    assert len(metrics["runs"]) == 12  # 3 regimes x 2 tasks x 2 seeds
+    # the first regime 2 tasks x 2 seeds, the others (regime_seeds=1) 2 tasks x 1 seed
+    assert sorted((r["regime"], r["seed"]) for r in metrics["runs"]) == sorted(
+        [("adamw", 0), ("adamw", 0), ("adamw", 1), ("adamw", 1), ("lora", 0), ("lora", 0), ("sgd-frozen", 0), ("sgd-frozen", 0)])
     full = [r for r in metrics["grafting"] if r["k"] == 1.0 and r["selector"] in ("magnitude", "random")]
     for row in full:  # grafting everything back reproduces the fine-tune: share kept 1 on every measure that gained
         for m in ("exact", "token", "loss"):
@@ -124,3 +127,4 @@ def test_weight_delta_study_end_to_end(tmp_path):
     assert any("downgraded" in n for n in wd["notes"])
     assert {r[0] for r in wd["tables"][-1]["rows"]} == {"adamw", "sgd-frozen", "lora"}
     assert [r["regime"] for r in metrics["regime_summary"]] == ["adamw", "sgd-frozen", "lora"]
+    assert any(n.startswith("Regimes compared") and "lora: update" in n for n in wd["notes"])

@@ -63,6 +63,8 @@ class WeightDeltaConfig(Config):
     tasks: list[str] = field(["add", "sort", "hop", "copy"], "tasks to fine-tune on, one delta per task, seed and regime")
     seeds: int = field(3, "fine-tuning seeds per task (data order); intervals run over tasks, seeds nest inside")
     control_seeds: int = field(1, "seeds per task (<= seeds) for the shuffled-label control and the masked (LT-SFT / random) runs")
+    regime_seeds: int = field(0, "seeds per task of the regimes after the first, which describe but do not decide (0: seeds); "
+                                 "their intervals still run over tasks")
     target_level: int = field(0, "level whose accuracy is the skill gained (0: the first OOD level); must not be a trained level")
     finetune: TrainConfig = field(TrainConfig(steps=200, batch_size=64, lr=1e-3, warmup=20, eval_every=10**9, ckpt_every=50),
                                   "fine-tuning schedule of the 'adamw' regime (the other regimes derive from it)")
@@ -89,8 +91,11 @@ class WeightDeltaConfig(Config):
     def validate(self) -> None:
         if self.seeds < 2:
             raise ConfigError(f"{self.key('seeds')}={self.seeds}: need at least 2 seeds per task.")
-        if not 1 <= self.control_seeds <= self.seeds:
-            raise ConfigError(f"{self.key('control_seeds')}={self.control_seeds} must lie between 1 and seeds={self.seeds}.")
+        if not 0 <= self.regime_seeds <= self.seeds:
+            raise ConfigError(f"{self.key('regime_seeds')}={self.regime_seeds} must lie between 0 (= seeds) and seeds={self.seeds}.")
+        if not 1 <= self.control_seeds <= min(self.seeds, self.regime_seeds or self.seeds):
+            raise ConfigError(f"{self.key('control_seeds')}={self.control_seeds} must lie between 1 and seeds={self.seeds} "
+                              f"(and regime_seeds={self.regime_seeds} when set).")
         if len(self.tasks) < 2:
             raise ConfigError(f"{self.key('tasks')}={self.tasks}: need at least 2 tasks (intervals run over tasks).")
         for name in ("support_fraction", "mask_fraction", "recovered", "small_k", "small_lr_factor", "sgd_lr"):
@@ -312,6 +317,9 @@ class WeightDeltaStudy(Study):
             mix = TaskMixture([task], levels, seed=3000 + seed)
             return [e for step in range(-(-cfg.fit_examples // 64)) for e in mix.batch(step, 64)][: cfg.fit_examples]
 
+        def seeds_of(regime: str) -> range:
+            return range(cfg.seeds if regime == cfg.regimes[0] or not cfg.regime_seeds else cfg.regime_seeds)
+
         def ft(task, seed: int, regime: str, mixture=None, mask=None, train_cfg=None) -> Finetune:
             # the imposed-sparsity runs (LT-SFT, random mask) bring their own schedule and mask
             recipe = REGIMES.get(regime)(cfg, base) if train_cfg is None else Recipe(train_cfg, mask)
@@ -324,7 +332,7 @@ class WeightDeltaStudy(Study):
         asked: dict[tuple[str, str, int, str], Finetune] = {}
         for regime in cfg.regimes:
             for task in tasks:
-                for seed in range(cfg.seeds):
+                for seed in seeds_of(regime):
                     asked[regime, task.name, seed, "run"] = ft(task, seed, regime)
                 for seed in range(cfg.control_seeds):
                     asked[regime, task.name, seed, "shuffled"] = ft(task, seed, regime, mixture=ShuffledTargets(TaskMixture([task], levels, seed=1000 + seed)))
@@ -355,7 +363,7 @@ class WeightDeltaStudy(Study):
 
         all_k = {name: (cfg.learned_fractions if name == "learned" else cfg.graft_fractions) for name in cfg.selectors}
         fitted = [s for s in cfg.selectors if s in ("learned", "saliency", "magnitude")]
-        n_jobs = len(cfg.regimes) * len(tasks) * (cfg.seeds + cfg.control_seeds) + len(tasks) * 2 * cfg.control_seeds
+        n_jobs = sum(len(tasks) * (len(seeds_of(r)) + cfg.control_seeds) for r in cfg.regimes) + len(tasks) * 2 * cfg.control_seeds
         runs: list[Run] = []
         controls: list[dict[str, Any]] = []
         imposed: list[dict[str, Any]] = []
@@ -364,7 +372,7 @@ class WeightDeltaStudy(Study):
                 for task in tasks:
                     evals = eval_examples(task, level, ctx.cfg.eval.examples, ctx.cfg.eval.seed)
                     b = scorer(base, evals)
-                    for seed in range(cfg.seeds):
+                    for seed in seeds_of(regime):
                         tuned = tuned_by[regime, task.name, seed, "run"]
                         delta = deltas_of(tuned, base)
                         t = scorer(tuned, evals)
@@ -409,7 +417,8 @@ class WeightDeltaStudy(Study):
         self._regimes(cfg, runs, controls, result)
         result.notes.insert(0, (
             f"{len(tasks)} tasks x {cfg.seeds} seeds x {len(cfg.regimes)} regime(s) ({', '.join(cfg.regimes)}; the first decides the "
-            f"verdicts) of fine-tuning for {cfg.finetune.steps} steps of {cfg.finetune.batch_size} on levels {levels}; the skill gained "
+            f"verdicts{f', the others run {cfg.regime_seeds} seed(s) per task' if cfg.regime_seeds and len(cfg.regimes) > 1 else ''}) "
+            f"of fine-tuning for {cfg.finetune.steps} steps of {cfg.finetune.batch_size} on levels {levels}; the skill gained "
             f"is measured at level {level}, which the base never trained on. {len(valid)} of {len(primary)} runs of the first regime "
             f"gained at least {cfg.min_gain} exact match and enter the verdicts. Intervals: t-intervals on task means "
             f"(nominal {cfg.level:.0%}; the achieved level is shown beside each), with seeds nested in tasks."))
@@ -657,6 +666,16 @@ class WeightDeltaStudy(Study):
                               "columns": ["regime", "||delta|| / ||base||", "share of entries moved > 1e-3 RMS",
                                           f"energy in top {_pct(cfg.support_fraction)}", "exact-match gain", "per-token gain",
                                           "runs that learned", "shape", f"learned {_pct(k_fit)}: real - shuffled"], "rows": rows})
+        k_small = max(small) if small else None
+        if k_small is not None and {"magnitude", "dare"} <= set(cfg.selectors):
+            parts = []
+            for regime, row in zip(cfg.regimes, rows):
+                valid = [r for r in runs if r.regime == regime and r.learned_on("exact", cfg.min_gain)]
+                kept = {s: np.mean([r.kept[s][k_small]["exact"] for r in valid]) if valid else float("nan") for s in ("magnitude", "dare")}
+                parts.append(f"{regime}: update {row[1]} of the base's norm, top-{_pct(cfg.support_fraction)} energy {row[3]}, "
+                             f"{_pct(k_small)} kept by magnitude {kept['magnitude']:.2f} / DARE {kept['dare']:.2f} "
+                             f"({row[6]} runs learned; shape: {row[7]})")
+            result.notes.append(f"Regimes compared (exact match at the target level, means over runs that learned): {'; '.join(parts)}.")
         result.metrics["regime_summary"] = [dict(zip(["regime", "relative_norm", "moved_share", "top_energy", "exact_gain", "token_gain",
                                                       "learned", "shape", "learned_vs_shuffled"], r)) for r in rows]
         result.notes.append("Caveats measured here: the update size of each regime is in the regimes table (LLM fine-tunes that DARE "
