@@ -149,8 +149,9 @@ class StudyContext:
     def finetune_many(self, requests: list[Finetune]) -> list[StateDict]:
         """Independent fine-tunes as one batch of jobs (in parallel under the ray executor); the
         tuned weights in the order asked, each exactly what ``finetune`` returns for it."""
-        model = self.new_model()  # its codec keys the data's encoding (and, as ever, it reseeds torch)
-        codec = codec_of(model).fingerprint
+        # the codec keys the data's encoding; read from the class, not a built model (building one
+        # would reseed torch's global generator in the driver as a side effect)
+        codec = (codec_of(self.given.model) if self.given is not None else TinyLM.codec).fingerprint
         recipe = None if self.given is not None else (self.cfg.model, self.cfg.seed)
         jobs = []
         for r in requests:
