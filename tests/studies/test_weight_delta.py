@@ -123,7 +123,7 @@ def test_weight_delta_study_end_to_end(tmp_path):
                 assert row[m]["mean"] == pytest.approx(1.0, abs=1e-4)
     names = {f["name"] for f in wd["figures"]}
     assert names == {"concentration", "grafting-exact", "grafting-token", "grafting-loss", "learned-vs-controls", "support",
-                     "imposed", "profile-kind", "profile-layer"}
+                     "imposed", "profile-kind", "profile-layer", "grafting-regimes"}
     assert any("downgraded" in n for n in wd["notes"])
     assert {r[0] for r in wd["tables"][-1]["rows"]} == {"adamw", "sgd-frozen", "lora"}
     assert [r["regime"] for r in metrics["regime_summary"]] == ["adamw", "sgd-frozen", "lora"]

@@ -42,6 +42,7 @@ from ..models import weights_of
 from ..models.lora import LoraSpec
 from ..progress import progress_bar
 from ..registry import Registry
+from ..report.figures import PALETTE
 from ..tasks import Example, get_task
 from ..tasks.mixture import ShuffledTargets, TaskMixture, eval_examples
 from ..train import TrainConfig
@@ -498,6 +499,22 @@ class WeightDeltaStudy(Study):
                 f"grafting-{m}", f"Grafting ({cfg.regimes[0]}): {MEASURE_NAMES[m]} kept", "k (% of all weights taken from the delta)",
                 "share of the fine-tune's gain kept", series, logx=True,
                 caption=f"base + k% of the delta chosen by each rule; 1 = the full fine-tune. Bands: {cfg.level:.0%} t-intervals over tasks."))
+
+        if len(cfg.regimes) > 1:
+            # how the regime changes the curve: magnitude (solid) against DARE (dashed), one colour each
+            series = []
+            for i, regime in enumerate(cfg.regimes):
+                for name, style in (("magnitude", "-"), ("dare", "--")):
+                    pts = sorted((r for r in rows if r["regime"] == regime and r["selector"] == name), key=lambda r: r["k"])
+                    if pts:
+                        series.append({"label": f"{regime}: {name}", "x": [100 * p["k"] for p in pts], "style": style,
+                                       "y": [p["exact"]["mean"] for p in pts], "color": PALETTE[i % len(PALETTE)]})
+            result.figures.append(lines_figure(
+                "grafting-regimes", "Grafting by fine-tuning regime: exact match kept", "k (% of all weights taken from the delta)",
+                "share of the fine-tune's gain kept", series, logx=True,
+                caption="Means of task means over runs that learned (intervals in the grafting table). Solid: magnitude top-k; "
+                        "dashed: random k rescaled (DARE). A regime whose solid line rises early while its dashed one stays low "
+                        "is magnitude-localised."))
 
     def _shape(self, cfg, valid: list[Run], primary_runs: list[Run], result: StudyResult) -> None:
         small = [k for k in cfg.graft_fractions if k <= cfg.small_k]
