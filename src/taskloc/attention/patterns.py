@@ -229,7 +229,7 @@ def vertical_slash(spec: PatternSpec, q: torch.Tensor, k: torch.Tensor, scale: f
     keys = torch.arange(t_k, device=q.device)
     last_pos = qpos[-n_last:]
     seen = keys[None, :] <= last_pos[:, None]  # (n_last, Tk)
-    scores = grouped_scores(q[:, :, -n_last:], k, scale).masked_fill(~seen, -math.inf)
+    scores = grouped_scores(q[:, :, -n_last:], k, scale).masked_fill_(~seen, -math.inf)  # a fresh tensor
     probs = torch.softmax(scores.float(), dim=-1)  # (B, H, n_last, Tk)
     vertical = probs.sum(2)  # (B, H, Tk) per column
     offset = (last_pos[:, None] - keys[None, :]).clamp(min=0).expand(b, h, n_last, t_k)

@@ -152,15 +152,16 @@ def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
     Returns (out, computed column pairs); the diagonal pairs computed are counted by the caller."""
     b, h, t_q, _d = q.shape
     n_d = offsets.shape[-1]
-    q = (q * scale).contiguous()  # scaled once: every score below is already q.k * scale
+    q = q.contiguous()
+    k_c = k_c * scale  # the columns' scores come out scaled; the numba loop scales its own
     step = max(1, CHUNK_ROWS // (b * h))
     starts = list(range(0, t_q, step))
     widths = _column_widths(cols, torch.tensor([first + min(t_q, s + step) - 1 for s in starts]))
     q_n, k_n, v_n = q.numpy(), k.numpy(), v.numpy()
     offsets_n, cols_n, vert_n = offsets.numpy(), cols.numpy(), vert.contiguous().numpy()
-    # [score of a blocked pair (finite: exp gives exactly 0 and no NaN), 0] in the inputs' dtype: a
-    # Python float literal would make numba accumulate float32 dot products in float64 (1.5x slower)
-    consts = np.array([torch.finfo(q.dtype).min, 0], dtype=k_n.dtype)
+    # [score of a blocked pair (finite: exp gives exactly 0 and no NaN), 0, scale] in the inputs'
+    # dtype: a Python float would make numba accumulate float32 dot products in float64 (1.5x slower)
+    consts = np.array([torch.finfo(q.dtype).min, 0, scale], dtype=k_n.dtype)
     out = torch.empty(b, h, t_q, v.shape[-1], dtype=q.dtype)
     out_n = out.numpy()
     computed = 0
@@ -177,16 +178,16 @@ def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
 
 
 def _diagonal_scores_py(q, k, offsets, vert, cols, s, first, consts, out):
-    """For the chunk of queries s .. s + C (positions first + s + c), q (B, H, Tq, D) pre-scaled,
-    k (B, Hkv, Tk, D): ``out`` (B, H, C, Nc' + Nd) holds the column scores in its first Nc'
-    entries. Sets a column's score to ``lowest`` = consts[0] past the query, and out[.., c, Nc' + j]
-    = q[s + c] . k[first + s + c - offsets[j]], or ``lowest`` where that key is before 0 or is a
+    """For the chunk of queries s .. s + C (positions first + s + c), q (B, H, Tq, D), k (B, Hkv,
+    Tk, D): ``out`` (B, H, C, Nc' + Nd) holds the column scores in its first Nc' entries. Sets a
+    column's score to ``lowest`` = consts[0] past the query, and out[.., c, Nc' + j] = scale x
+    q[s + c] . k[first + s + c - offsets[j]], or ``lowest`` where that key is before 0 or is a
     column (vert). Diagonal-major: each diagonal's keys are read in order, and (offsets ascending)
     neighbouring diagonals reuse cached keys."""
     n_b, n_h, n_c, n_w = out.shape
     n_col = n_w - offsets.shape[2]
     group = n_h // k.shape[1]
-    lowest, zero = consts[0], consts[1]
+    lowest, zero, scale = consts[0], consts[1], consts[2]
     pos0 = first + s
     for b in range(n_b):
         for h in range(n_h):
@@ -206,12 +207,14 @@ def _diagonal_scores_py(q, k, offsets, vert, cols, s, first, consts, out):
                         acc = zero
                         for e in range(qh.shape[1]):
                             acc += qh[s + c, e] * kh[key, e]
-                        oh[c, n_col + j] = acc
+                        oh[c, n_col + j] = acc * scale
 
 
 def _diagonal_values_py(p, v, offsets, s, first, out):
     """out[b, h, s + c] += sum_j p[b, h, c, Nc' + j] v[b, h // G, first + s + c - offsets[j]] over
-    keys >= 0; p (B, H, C, Nc' + Nd) probabilities, v (B, Hkv, Tk, Dv), out (B, H, Tq, Dv)."""
+    keys >= 0; p (B, H, C, Nc' + Nd) probabilities (0 where blocked), v (B, Hkv, Tk, Dv), out
+    (B, H, Tq, Dv). Four diagonals at a time: each out row is loaded and stored once per four
+    value rows (half the time of one at a time, measured)."""
     n_b, n_h, n_c, n_w = p.shape
     n_j = offsets.shape[2]
     n_col = n_w - n_j
@@ -220,13 +223,24 @@ def _diagonal_values_py(p, v, offsets, s, first, out):
     for b in range(n_b):
         for h in range(n_h):
             vh, ph, oh = v[b, h // group], p[b, h], out[b, h]
-            for j in range(n_j):
-                dist = offsets[b, h, j]
-                for c in range(max(0, dist - pos0), n_c):
-                    w = ph[c, n_col + j]
-                    if w != 0:
+            n_e = vh.shape[1]
+            for j in range(0, n_j, 4):
+                if j + 4 <= n_j:
+                    d0, d1, d2, d3 = offsets[b, h, j], offsets[b, h, j + 1], offsets[b, h, j + 2], offsets[b, h, j + 3]
+                    start = min(n_c, max(0, d3 - pos0))  # from here all four keys are >= 0 (d3 the largest)
+                    for c in range(start, n_c):
+                        k0, k1, k2, k3 = pos0 + c - d0, pos0 + c - d1, pos0 + c - d2, pos0 + c - d3
+                        w0, w1, w2, w3 = ph[c, n_col + j], ph[c, n_col + j + 1], ph[c, n_col + j + 2], ph[c, n_col + j + 3]
+                        for e in range(n_e):
+                            oh[s + c, e] += w0 * vh[k0, e] + w1 * vh[k1, e] + w2 * vh[k2, e] + w3 * vh[k3, e]
+                else:
+                    start = n_c
+                for jj in range(j, min(j + 4, n_j)):  # the rest, one diagonal at a time
+                    dist = offsets[b, h, jj]
+                    for c in range(max(0, dist - pos0), start):
+                        w = ph[c, n_col + jj]
                         key = pos0 + c - dist
-                        for e in range(vh.shape[1]):
+                        for e in range(n_e):
                             oh[s + c, e] += w * vh[key, e]
 
 
