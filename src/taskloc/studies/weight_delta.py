@@ -384,11 +384,16 @@ class WeightDeltaStudy(Study):
                     for seed in range(cfg.control_seeds):
                         run = next(r for r in runs if (r.regime, r.task, r.seed) == (regime, task.name, seed))
                         shuffled = deltas_of(tuned_by[regime, task.name, seed, "shuffled"], base)
-                        gauss = gaussian_like(run.delta, seed=9000 + seed)
                         k_fit = {name: all_k[name] for name in fitted}
-                        controls.append({"regime": regime, "task": task.name, "seed": seed, "run": run, "shuffled_delta": shuffled,
-                                         "shuffled": kept_curves(shuffled, run.delta, task, seed, evals, b, run.tuned, fitted, k_fit, 7000),
-                                         "gaussian": kept_curves(gauss, run.delta, task, seed, evals, b, run.tuned, fitted, k_fit, 7000)})
+                        control = {"regime": regime, "task": task.name, "seed": seed, "run": run, "shuffled_delta": shuffled}
+                        if regime == cfg.regimes[0]:  # the verdicts' controls: every fitted rule, shuffled and Gaussian
+                            gauss = gaussian_like(run.delta, seed=9000 + seed)
+                            control["shuffled"] = kept_curves(shuffled, run.delta, task, seed, evals, b, run.tuned, fitted, k_fit, 7000)
+                            control["gaussian"] = kept_curves(gauss, run.delta, task, seed, evals, b, run.tuned, fitted, k_fit, 7000)
+                        elif "learned" in fitted:  # the regimes table's column: the learned mask over the shuffled delta only
+                            control["shuffled"] = kept_curves(shuffled, run.delta, task, seed, evals, b, run.tuned, ["learned"],
+                                                              {"learned": all_k["learned"]}, 7000)
+                        controls.append(control)
                         advance()
                     if regime != cfg.regimes[0]:
                         continue
