@@ -1,23 +1,28 @@
 """Sparse attention kernels: a pattern's Selection computed at a cost that shrinks with density.
 
-Two backends compute the same attended set:
+Three backends compute the same attended set:
 
 * ``gather`` (default):
   - whole-block prefill (block-sparse): each row of queries gathers its key blocks with its
     diagonal block last, so the causal rule is one lower-right triangle, and all rows go through
     SDPA's fused kernel as one batch (``block_attention``);
-  - any other key list (vertical-slash's columns and diagonal reach, sliding windows, top-k,
-    Quest pages, decode steps): rows are attended in chunks, each chunk gathering its rows' key
-    lists padded to its own longest one, with the element rule and the caller's mask applied at
-    the gathered keys. Work = rows x (chunk's longest list) x D, counted exactly in the ledger
-    (``computed``): it shrinks with density only as far as the key lists do, so vertical-slash
-    pays for every key a row's diagonals reach (a block of 64 queries on one diagonal reaches 64
-    keys for 64 attended pairs spread over 64 queries), and scattered diagonals cost near-dense.
+  - vertical-slash (no caller mask, no hook): its own kernel (vertical_slash.py), the chosen
+    columns as one narrow matmul and the chosen diagonals pair by pair, one joint softmax: work =
+    the attended pairs (plus the columns past a chunk's first query), however the diagonals scatter;
+  - any other key list (sliding windows, top-k, Quest pages, decode steps, a caller's mask or a
+    hook): rows are attended in chunks, each chunk gathering its rows' key lists padded to its own
+    longest one, with the element rule and the caller's mask applied at the gathered keys. Work =
+    rows x (chunk's longest list) x D, counted exactly in the ledger (``computed``): it shrinks with
+    density only as far as the key lists do.
+* ``key-lists``: as ``gather``, but vertical-slash also goes through key lists (its path before
+  it had its own kernel, kept for comparison): it pays for every key a row's diagonals reach (a
+  block of 64 queries on one diagonal reaches 64 keys for 64 attended pairs spread over 64
+  queries), so scattered diagonals cost near-dense (computed/attended 23-26 on Gaussian inputs).
 * ``flex``: PyTorch's ``flex_attention`` (compiled) with a BlockMask built from the key lists at
   block granularity; it skips whole key blocks, so it shrinks only when the kept keys are
   block-aligned (block-sparse), and the element rule is applied by a mask function.
 
-``benchmarks/sparse_attention.py`` times both against SDPA; DEFAULT_BACKEND is the one that won
+``benchmarks/sparse_attention.py`` times them against SDPA; DEFAULT_BACKEND is the one that won
 there (numbers below). At density 1 every kernel is the dense kernel itself.
 """
 from __future__ import annotations
