@@ -105,13 +105,22 @@ def test_query_with_nothing_to_attend_is_finite(compiled, monkeypatch):
 def test_pattern_kernel_matches_key_lists_backend(compiled, t_q, t_k, monkeypatch):
     # The default backend sends vertical-slash to its own kernel; the key-lists backend attends
     # the same set through gathered key lists: same output, same attended pairs.
+    import taskloc.attention.sparse as sparse
+
     monkeypatch.setattr(vs, "COMPILED", compiled)
+    calls = []
+    monkeypatch.setattr(sparse, "vertical_slash_attention", lambda *a: calls.append(1) or vs.vertical_slash_attention(*a))
     q, k, v = qkv(t_q, t_k, 2, torch.float64, seed=4)
     spec = PatternSpec("vertical-slash", 0.2, block=8, sinks=2, last_q=4)
     own, lists = FlopLedger(), FlopLedger()
     out = SparseAttention(spec, "gather", own)(q, k, v, HookPoint())
+    assert calls == [1]
     expected = SparseAttention(spec, "key-lists", lists)(q, k, v, HookPoint())
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    # a caller's mask or a hook (which must see the dense pattern) goes through key lists
+    SparseAttention(spec, "gather")(q, k, v, HookPoint(), torch.ones(t_q, t_k, dtype=torch.bool))
+    SparseAttention(spec, "gather")(q, k, v, type("On", (), {"active": True, "__call__": lambda self, p: p})())
+    assert calls == [1]
     assert own.attended == lists.attended == int(select(spec, q, k).allowed().sum())
     assert own.computed >= own.attended
 
@@ -128,3 +137,14 @@ def test_gradient_takes_the_torch_path():
     grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
     for x, g in zip((q, k, v), grads):
         torch.testing.assert_close(x.grad, g, rtol=0, atol=1e-10)
+
+
+def test_half_precision_takes_the_torch_path():
+    # numba loops are compiled for float32/float64 only; bfloat16 runs through torch ops, softmax in float32
+    q, k, v = qkv(16, 16, 2, torch.float32)
+    vert, slash = random_lines(2, 4, 16, 2, 3, seed=2)
+    vert[..., 0] = True
+    sel = Selection(unused_member, 8, 16, vert=vert, slash=slash)
+    out = vs.vertical_slash_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), sel, 0.5)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference(q, k, v, naive_allowed(vert, slash, 16), 0.5), rtol=0, atol=3e-2)
