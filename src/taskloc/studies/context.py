@@ -172,6 +172,16 @@ class StudyContext:
         the source of the ``code`` modules that build it."""
         return self.cache.get_or_build(kind, {**ingredients, "code": code_version(code)}, build, fmt)
 
+    def build_many(self, kind: str, requests: list[tuple[dict[str, Any], Callable[..., Any], str]], fmt,
+                   code: tuple[str, ...]) -> list[Any]:
+        """Independent artefacts as one batch of jobs (in parallel under the ray executor), each
+        (ingredients, build, label); ``build(folder, device=...)`` must pickle (a module-level
+        function or a functools.partial of one) and computes on the device it is given."""
+        version = code_version(code)
+        jobs = [Job(kind, {**ingredients, "code": version}, build, fmt, label, {}, str(self.device))
+                for ingredients, build, label in requests]
+        return self.executor.run(self.cache.root, jobs, self.study)
+
 
 @dataclass
 class Finetune:

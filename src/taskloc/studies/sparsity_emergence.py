@@ -325,7 +325,7 @@ class SparsityEmergenceStudy(Study):
 
     def run(self, ctx: StudyContext, cfg: SparsityEmergenceConfig) -> StudyResult:
         plan = self.plan(cfg, ctx.cfg)
-        runs = []
+        requests = []
         for s in range(cfg.seeds):
             seed = 1000 * ctx.cfg.seed + s
             ingredients = {"seed": seed, "model": plan.model.to_dict(), "tasks": plan.tasks, "held_out": plan.held_out,
@@ -333,9 +333,14 @@ class SparsityEmergenceStudy(Study):
                            "schedule": plan.schedule.to_dict(), "steps": plan.steps, "examples": plan.examples,
                            "eval_seed": plan.eval_seed, "sites": plan.sites, "convention": plan.convention,
                            "data": plan.mixture(seed).fingerprint()}
-            runs.append(ctx.build("sparsity-emergence", ingredients,
-                                  lambda folder, seed=seed: trajectory(plan, seed, folder, ctx.device), JSON, MEASURING_CODE))
+            # the seeds' pretraining runs are independent jobs (side by side under the ray executor)
+            requests.append((ingredients, partial(_trajectory_job, plan=plan, seed=seed), f"sparsity-emergence seed {s}"))
+        runs = ctx.build_many("sparsity-emergence", requests, JSON, MEASURING_CODE)
         return analyse(runs, plan, cfg, given_model=ctx.given is not None)
+
+
+def _trajectory_job(folder: Path, *, plan: Plan, seed: int, device: str = "cpu") -> dict[str, Any]:
+    return trajectory(plan, seed, folder, device)
 
 
 def analyse(runs: list[dict[str, Any]], plan: Plan, cfg: SparsityEmergenceConfig, given_model: bool = False) -> StudyResult:
