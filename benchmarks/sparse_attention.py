@@ -5,22 +5,30 @@ For each context length: q, k, v of shape (1, --heads, T, --head-dim), float32, 
 Times (fastest of --repeats after one warm-up call, so flex_attention's compile is excluded and
 reported apart) for
   dense:  F.scaled_dot_product_attention(q, k, v, is_causal=True)
-  gather: taskloc's SparseAttention with the gathered-key backend (selection included)
-  flex:   the same selection as a BlockMask for torch.compile(flex_attention) (selection included)
+  gather:    taskloc's SparseAttention, default backend (selection included)
+  key-lists: the same with every non-block pattern through gathered key lists (--backends)
+  flex:      the same selection as a BlockMask for torch.compile(flex_attention) (selection included)
 and prints dense time / sparse time per pattern, backend and length, the achieved density and
 the max |difference| between the backends' outputs. Target: gather or flex >= 4x at 8192.
 
     python benchmarks/sparse_attention.py                       # T = 2048 and 8192, one thread
     python benchmarks/sparse_attention.py --lengths 1024 --no-flex --inputs gaussian positional
 
-Measured 2026-12-01 (1 thread, nice 19, the 2-core machine shared with a training run, so absolute
-times are inflated and noisy; ratios are dense/sparse on the same inputs in the same run):
-  gaussian   T=8192  block-sparse 5.33x (200 ms vs 1068 ms)  vertical-slash 0.73x  (target 4x)
-  gaussian   T=2048  block-sparse 10.8x                       vertical-slash 0.49x
-  positional T=2048  block-sparse 4.73x                       vertical-slash 1.13x
-Vertical-slash misses the target: its key lists are the keys its diagonals reach from each block
-of queries, so computed/attended is 23-26 on Gaussian inputs (diagonals scattered) and 8 with the
-positional code; an exact per-query kernel needs a fused gather (not written here).
+Measured 2026-12-01 12:17 (1 thread, nice 19, the 2-core machine shared with other runs; ratios are
+dense/sparse on the same inputs in the same run; --clock cpu counts only the time this process ran):
+                      block-sparse    vertical-slash   ms, cpu clock:
+                      cpu    wall     cpu    wall      block-sparse / vertical-slash / SDPA
+  gaussian   T=8192   4.89x  5.64x    5.65x  5.02x     228 / 198 / 1116
+  gaussian   T=2048   4.42x  4.30x    3.47x  4.24x
+  positional T=8192   5.56x  5.41x    6.37x  6.12x     187 / 163 / 1040
+  positional T=2048   4.52x  4.54x    3.31x  2.91x
+Vertical-slash runs its own kernel (attention/vertical_slash.py: columns as a matmul, diagonals pair by
+pair), computed/attended 1.03-1.12; through key lists (--backends key-lists) it was 0.73x at 8192
+(computed/attended 23-26: scattered diagonals reach most keys of every block). Its achieved density at
+--density 1/16 is 0.033 (a column or diagonal reaches only the queries after it); at --density 0.125
+it attends 0.065 of the pairs and is 3.6x (cpu clock, 337 ms vs 1213 ms). Under heavy load single
+runs have read anywhere from 2.3x to 17x (the other process slowing dense and sparse unequally):
+compare within a quiet run, or use --clock cpu.
 """
 from __future__ import annotations
 
