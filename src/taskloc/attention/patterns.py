@@ -16,14 +16,18 @@ block. Patterns (Nawrot et al. 2025, "The Sparse Frontier", and the methods it c
   blocks are kept (the diagonal and first block always).
 * ``vertical-slash``: the last ``last_q`` queries' softmax pattern, summed per column and per
   diagonal, picks the top columns and diagonals (MInference); the first ``sinks`` columns and the
-  main diagonal always.
+  main diagonal always. Best columns are taken until they cover half the target pairs, then best
+  diagonals until both together cover all of it (a column j reaches only the queries at or after
+  j, a diagonal at offset d only those at or after d: the counts are of pairs, not keys).
 * ``top-k``: each query's top keys by q.k (an oracle: its selection costs dense q.k).
 * ``quest``: pages of ``page`` keys scored by the upper bound sum_d max(q_d min_d, q_d max_d) of
   q.k over the page (Quest, Tang et al. 2024); the query's own page always. Built for decoding.
 
 Density is the target fraction of the causal (query, key) pairs attended. Each pattern turns it
-into one per-row budget (``fixed_budget``) so rows in a batch have equal work; the achieved
-fraction, which FLOP accounting reports, is computed from the Selection, never assumed.
+into one per-row budget (``fixed_budget``) so rows in a batch have equal work, except
+vertical-slash, whose columns and diagonals are chosen per head by the causal pairs they cover
+(within one column or diagonal above the target); the achieved fraction, which FLOP accounting
+reports, is computed from the Selection, never assumed.
 """
 from __future__ import annotations
 
@@ -149,6 +153,25 @@ def top_members(scores: torch.Tensor, candidate: torch.Tensor, k: int) -> torch.
     return chosen & candidate
 
 
+def span(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """How many query positions in [first, last] are >= x (elementwise, int64): the queries a
+    vertical-slash column at key x, or a diagonal at offset x, reaches."""
+    return (last - x.clamp(min=first) + 1).clamp(min=0)
+
+
+def cover_prefix(scores: torch.Tensor, gain: torch.Tensor, goal: torch.Tensor | float,
+                 forced: torch.Tensor) -> torch.Tensor:
+    """Boolean (B, H, N): the shortest prefix of the candidates by descending score (ties: lower
+    index first) whose summed ``gain`` (N,) or (B, H, N) reaches ``goal`` (float or (B, H)), and the
+    ``forced`` (N,) ones always. Per head: heads differ in how many they need."""
+    order = scores.sort(dim=-1, descending=True, stable=True).indices  # (B, H, N)
+    gained = gain.expand_as(scores).gather(-1, order).cumsum(-1)
+    goal = torch.as_tensor(goal, dtype=torch.float64, device=scores.device).expand(scores.shape[:-1])
+    count = ((gained.double() < goal[..., None] - 1e-9).sum(-1, keepdim=True) + 1)  # the first that reaches it
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return (rank < count) | forced
+
+
 def block_lists(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """chosen (B, H, R, N) bool -> each row's block ids, ascending and padded (B, H, R, K), and validity."""
     counts = chosen.sum(-1, keepdim=True)
@@ -235,12 +258,18 @@ def vertical_slash(spec: PatternSpec, q: torch.Tensor, k: torch.Tensor, scale: f
     offset = (last_pos[:, None] - keys[None, :]).clamp(min=0).expand(b, h, n_last, t_k)
     slash = torch.zeros(b, h, t_k, device=q.device).scatter_add_(-1, offset.reshape(b, h, -1),
                                                                  probs.reshape(b, h, -1))  # per diagonal
-    budget = fixed_budget((qpos + 1).to(torch.int64), spec.density)  # keys per query, as top-k
-    n_vert = max(budget // 2, min(spec.sinks, t_k))  # the sink columns always, on top of a tiny budget
-    n_slash = max(1, budget - budget // 2)
-    vert = top_members(vertical.masked_fill(keys < spec.sinks, math.inf), torch.ones_like(seen[0]).expand(b, h, t_k),
-                       n_vert) if n_vert else torch.zeros(b, h, t_k, dtype=torch.bool, device=q.device)
-    diag = top_members(slash.masked_fill(keys == 0, math.inf), torch.ones_like(seen[0]).expand(b, h, t_k), n_slash)
+    first, last = t_k - t_q, t_k - 1  # absolute positions of the queries
+    goal = spec.density * float((qpos + 1).sum())  # causal pairs to attend
+    reach = span(keys, first, last)  # (Tk,) queries a column j, or a diagonal at offset j, reaches
+    # Columns, best first (the sinks always), until they cover half the goal: a column reaches only
+    # the queries at or after it, so a count of keys per query would attend about half the density.
+    vert = cover_prefix(vertical.masked_fill(keys < spec.sinks, math.inf), reach, goal / 2, keys < spec.sinks)
+    # Then diagonals, best first (the main one always), until columns and diagonals cover the goal.
+    # Diagonal d meets column j at the query j + d: that pair is already covered, so not counted again.
+    below = torch.nn.functional.pad(vert.cumsum(-1), (1, 0))  # (B, H, Tk + 1): chosen columns before each key
+    meets = below[..., (last - keys + 1).clamp(0, t_k)] - below[..., (first - keys).clamp(0, t_k)]  # (B, H, Tk)
+    covered = (reach * vert).sum(-1)  # (B, H) pairs the columns cover
+    diag = cover_prefix(slash.masked_fill(keys == 0, math.inf), reach - meets, goal - covered, keys == 0)
     rows = min(spec.block, t_q)
     n_rows = math.ceil(t_q / rows)
 
