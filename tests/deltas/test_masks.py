@@ -292,3 +292,33 @@ def test_graft_select_refuses_a_patch_as_the_tuned_model(tiny_files, tmp_path, c
     assert _cli(["delta", base_path, tuned_path, "--patch", patch], capsys)[0] == 0
     code, text = _cli(["graft", base_path, patch, "--out", tmp_path / "o.safetensors", "--select", "magnitude"], capsys)
     assert code == 2 and "is a patch, whose entries are already chosen" in text
+
+
+def test_in_memory_top_k_equals_the_streamed_selection_ties_included(monkeypatch):
+    """top_k_scores sorts in memory below IN_MEMORY_TOP_K entries and streams above it: the same
+    entries either way, ties to earlier tensors and lower flat indices."""
+    from taskloc.deltas import masks as masks_module
+    from taskloc.deltas.api import global_topk_mask
+
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.randint(0, 4, (7, 5), generator=g).float(), "b": torch.randint(0, 4, (11,), generator=g).float(),
+              "c": torch.randn(3, 4, generator=g)}  # signed: ranked by |.|
+    n = sum(t.numel() for t in scores.values())
+    for k in (0, 1, 9, 20, 40, n):
+        fast = masks_module.top_k_scores(scores, k)
+        streamed = global_topk_mask(scores, k)
+        assert all(torch.equal(fast[name], streamed[name]) for name in scores), k
+        assert sum(int(m.sum()) for m in fast.values()) == k
+    monkeypatch.setattr(masks_module, "IN_MEMORY_TOP_K", 10)  # above the limit: the streamed path itself
+    assert all(torch.equal(masks_module.top_k_scores(scores, 20)[name], global_topk_mask(scores, 20)[name]) for name in scores)
+
+
+def test_a_given_gradient_replaces_the_computed_one(planted):
+    model, base, tuned, skill, _, pairs, _ = planted
+    k = count_of(skill)
+    grads = loss_gradient(model, base, pairs)
+    assert all(torch.equal(select("saliency", base, tuned, k, model=model, data=pairs, gradient=grads)[n],
+                           select("saliency", base, tuned, k, model=model, data=pairs)[n]) for n in base)
+    flipped = {n: torch.where(skill[n], 0.0, 1.0) * torch.ones_like(g) for n, g in grads.items()}  # zero on the skill entries
+    chosen = select("saliency", base, tuned, k, model=model, data=pairs, gradient=flipped)
+    assert _recall(chosen, skill) == 0.0  # it really used the gradient it was given

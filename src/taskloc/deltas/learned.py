@@ -81,7 +81,7 @@ def select_start(base: Mapping[str, torch.Tensor], deltas: Mapping[str, torch.Te
         return top_k_scores(deltas, k)
     if options.init != "saliency":
         raise ConfigError(f"learned-mask init={options.init!r}: choose 'magnitude' or 'saliency'.")
-    grads = loss_gradient(options.model, base, options.data, batch_size=options.batch_size)
+    grads = options.gradient or loss_gradient(options.model, base, options.data, batch_size=options.batch_size)
     return top_k_scores({name: (d * grads[name]).abs() for name, d in deltas.items()}, k)
 
 

@@ -37,6 +37,7 @@ import torch
 from ..config import Config, field
 from ..deltas import concentration_curve, gaussian_null_curve, global_topk_mask
 from ..deltas.inmemory import random_mask, tensor_profile
+from ..deltas.learned import loss_gradient
 from ..errors import ConfigError
 from ..models import weights_of
 from ..models.lora import LoraSpec
@@ -357,10 +358,20 @@ class WeightDeltaStudy(Study):
                 out[name] = {}
                 for k in fractions[name]:
                     mask, scale = choose(name, base, delta, k, model=fit_model, data=data, seed=salt + seed, steps=cfg.learned_steps,
-                                         init=cfg.learned_init)
+                                         init=cfg.learned_init,
+                                         gradient=gradient_at_base(task, seed, data) if name in ("saliency", "learned") else None)
                     scores = scorer(graft(base, delta, mask, scale), evals)
                     out[name][k] = {m: share_kept(scores, b, t, m) for m in MEASURES}
             return out
+
+        gradients: dict[tuple[str, int], StateDict] = {}
+
+        def gradient_at_base(task, seed: int, data: list[Example]) -> StateDict:
+            # saliency and the learned mask's start read the task loss's gradient at the base over the
+            # fit data, which no delta changes: computed once per (task, seed), not once per mask
+            if (task.name, seed) not in gradients:
+                gradients[task.name, seed] = loss_gradient(fit_model, base, [(e.prompt, e.target) for e in data])
+            return gradients[task.name, seed]
 
         all_k = {name: (cfg.learned_fractions if name == "learned" else cfg.graft_fractions) for name in cfg.selectors}
         fitted = [s for s in cfg.selectors if s in ("learned", "saliency", "magnitude")]
@@ -708,7 +719,7 @@ class WeightDeltaStudy(Study):
 
 
 def choose(name: str, base: StateDict, delta: StateDict, fraction: float, *, model, data: list[Example], seed: int,
-           steps: int, init: str = "saliency") -> tuple[Mask, float]:
+           steps: int, init: str = "saliency", gradient: StateDict | None = None) -> tuple[Mask, float]:
     """The mask of ``round(fraction * n)`` entries that selection rule ``name`` picks from
     ``delta``, and the scale its entries are grafted at (n/k for DARE, else 1)."""
     from ..deltas.masks import rule_scale, select
@@ -716,7 +727,7 @@ def choose(name: str, base: StateDict, delta: StateDict, fraction: float, *, mod
     n = sum(d.numel() for d in delta.values())
     k = round(fraction * n)
     tuned = {name_: base[name_] + delta[name_] for name_ in base}
-    mask = select(name, base, tuned, k, model=model, data=[(e.prompt, e.target) for e in data], seed=seed,
+    mask = select(name, base, tuned, k, model=model, data=[(e.prompt, e.target) for e in data], seed=seed, gradient=gradient,
                   **({"steps": steps, "init": init} if name == "learned" else {}))
     return mask, rule_scale(name, k, n)
 
