@@ -38,15 +38,14 @@ from .patterns import PatternSpec, Selection, per_head, query_positions, select
 from .vertical_slash import vertical_slash_attention
 
 # Measured on CPU, 1 thread, a shared 2-core machine (benchmarks/sparse_attention.py, density 1/16,
-# block 64, 8 heads x 64, fastest of 5, 2026-12-01 12:17, --clock cpu / wall): at 8192, block-sparse
-# gather 4.9x / 5.6x over SDPA (228 / 200 ms vs ~1120 ms; Gaussian inputs), vertical-slash gather
-# (its own kernel) 5.7x / 5.0x (198 / 225 ms; 6.4x / 6.1x with a positional code in q and k); at 2048
-# vertical-slash 3.5x / 4.2x (Gaussian), 3.3x / 2.9x (positional): ~20 ms where the fixed costs
-# (selection, per-chunk calls) weigh more. vertical-slash at density 1/16 attends 1/31 of the causal
-# pairs (a column or diagonal reaches only the queries after it); at --density 1/8 it attends 1/15.4
-# and is 3.6x (cpu clock). Through key lists (backend="key-lists") vertical-slash was 0.73x at 8192
-# (computed/attended 23-26). Earlier: flex 2.0x (block-sparse, 8192) and vertical-slash flex 6.9x at
-# 2048, but flex compiles per shape (15-900 s first call), so gather is the default; flex is opt-in.
+# block 64, 8 heads x 64, fastest of 5, --clock cpu, 2026-12-01 12:26): at 8192, block-sparse gather
+# 5.49x over SDPA on Gaussian inputs, 5.20x with a positional code (it attends 0.054 of the causal
+# pairs: whole blocks, the diagonal block counted whole); vertical-slash (its own kernel), attending
+# the asked 0.0626, 2.90x Gaussian / 4.07x positional; at 2048 2.2x / 2.5x, where the fixed costs
+# (selection, per-chunk calls) weigh more. Through key lists (backend="key-lists") vertical-slash was
+# 0.73x at 8192 (computed/attended 23-26). Earlier: flex 2.0x (block-sparse, 8192) and vertical-slash
+# flex 6.9x at 2048, but flex compiles per shape (15-900 s first call), so gather is the default;
+# flex is opt-in.
 DEFAULT_BACKEND = "gather"
 BACKENDS = ("gather", "key-lists", "flex")
 
