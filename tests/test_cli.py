@@ -31,6 +31,8 @@ def run_cli(args, capsys):
     (["weight-delta", "--preset", "quick", "--set", "studies.weight-delta.control_seeds=3"], r"control_seeds=3 must lie between 1 and seeds=2"),
     (["weight-delta", "--preset", "quick", "--set", "studies.weight-delta.regime_seeds=3"], r"regime_seeds=3 must lie between 0 \(= seeds\)"),
     (["weight-delta", "--preset", "quick", "--set", 'studies.weight-delta.regimes=["adamw", "loar"]'], r"Did you mean 'lora'"),
+    (["weight-delta", "--preset", "quick", "--set", 'studies.weight-delta.regimes=["adamw", "adamw"]'], r"names a regime twice"),
+    (["weight-delta", "--preset", "quick", "--set", 'studies.weight-delta.regimes=["lora", "adamw"]'], r"put adamw, small or sgd-frozen first"),
     (["weight-delta", "--preset", "quick", "--set", 'studies.weight-delta.tasks=["add", "hopp"]'], r"unknown task 'hopp'"),
     (["weight-delta", "--preset", "quick", "--set", "studies.weight-delta.support_fraction=0.05"], r"support_fraction=0.05 must be one of graft_fractions"),
 ])

@@ -110,8 +110,11 @@ def run_studies(names: list[str], *, preset: str = "default", out: Path | None =
             # CPU seconds of all threads: on a loaded machine wall time says little, CPU time
             # still says what the study costs. Written after every study so a killed run keeps them.
             cpu[study.name] = round(time.process_time() - cpu_started, 2)
+            # cpu_seconds counts this process only: jobs run by Ray workers are not in it. job_threads
+            # is part of the jobs' arithmetic (not of results.json, which must not depend on the executor)
             write_json(run_dir / "timings.json", {"seconds": timings, "cpu_seconds": cpu, "device": str(dev),
-                                                   "threads": torch.get_num_threads()})
+                                                   "threads": torch.get_num_threads(), "executor": cfg.run.executor,
+                                                   "job_threads": cfg.run.threads or torch.get_num_threads()})
         document = build_results(cfg, results, {study.name: study.requires for study, _ in plan})
         write_json(run_dir / "results.json", document)
         from .report import write_report

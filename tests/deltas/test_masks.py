@@ -309,8 +309,19 @@ def test_in_memory_top_k_equals_the_streamed_selection_ties_included(monkeypatch
         streamed = global_topk_mask(scores, k)
         assert all(torch.equal(fast[name], streamed[name]) for name in scores), k
         assert sum(int(m.sum()) for m in fast.values()) == k
-    monkeypatch.setattr(masks_module, "IN_MEMORY_TOP_K", 10)  # above the limit: the streamed path itself
-    assert all(torch.equal(masks_module.top_k_scores(scores, 20)[name], global_topk_mask(scores, 20)[name]) for name in scores)
+    # float64 near-ties rank as float32 in both paths; a non-floating tensor is never chosen
+    close = {"a": torch.tensor([1.0, 1.0 + 1e-12], dtype=torch.float64), "ids": torch.tensor([5, 9])}
+    fast = masks_module.top_k_scores(close, 1)
+    assert fast["a"].tolist() == global_topk_mask(close, 1)["a"].tolist() == [True, False] and "ids" not in fast
+    # NaN: the streamed selection's one-line error, not a silent ranking
+    with pytest.raises(CheckpointError, match="NaN"):
+        masks_module.top_k_scores({"a": torch.tensor([1.0, float("nan")])}, 1)
+    # above the size limit it streams: checked against a reference written here (stable sort of |.|)
+    monkeypatch.setattr(masks_module, "IN_MEMORY_TOP_K", 10)
+    flat = torch.cat([t.abs().flatten() for t in scores.values()])
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[sorted(range(n), key=lambda i: (-float(flat[i]), i))[:20]] = True
+    assert torch.equal(torch.cat([m.flatten() for m in masks_module.top_k_scores(scores, 20).values()]), expected)
 
 
 def test_a_given_gradient_replaces_the_computed_one(planted):

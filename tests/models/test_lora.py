@@ -107,3 +107,20 @@ def test_a_lora_finetune_job_returns_merged_low_rank_weights(tiny_model, tmp_pat
     ranks = [int(torch.linalg.matrix_rank(tuned[n] - base[n])) for n in base if n.endswith(TARGETS)]
     assert ranks == [1] * 8
     assert all(torch.equal(tuned[n], base[n]) for n in base if not n.endswith(TARGETS))
+
+
+def test_adapters_are_drawn_from_their_own_seed(tiny_model):
+    """A comes from LoraSpec.seed's own generator: the same seed gives the same adapters whatever
+    ran before, another seed other adapters."""
+    def a_of(seed: int) -> torch.Tensor:
+        model = copy.deepcopy(tiny_model)
+        lora.attach(model, lora.LoraSpec(rank=2, seed=seed))
+        torch.rand(100)  # the global generator moving in between must not matter
+        return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if n.endswith(".A")])
+
+    assert torch.equal(a_of(3), a_of(3)) and not torch.equal(a_of(3), a_of(4))
+
+
+def test_a_model_without_linear_layers_is_one_clear_error():
+    with pytest.raises(ConfigError, match="has none outside its head"):
+        lora.attach(torch.nn.Sequential(torch.nn.Embedding(5, 3)), lora.LoraSpec())

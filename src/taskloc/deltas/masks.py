@@ -117,7 +117,8 @@ def select(name: str, base: StateDict, tuned: StateDict, k: int, *, model: objec
            seed: int = 0, gradient: Mapping[str, torch.Tensor] | None = None, **learned: float | int) -> Mask:
     """A global mask of exactly ``k`` entries over tuned - base, chosen by rule ``name``
     (SELECTORS: magnitude, random, dare, saliency, learned), over the floating tensors of ``base``.
-    ``learned`` takes the optional SelectOptions SETTINGS (steps, lr, batch_size, sparsity, init_logit)."""
+    ``learned`` takes the optional SelectOptions SETTINGS (steps, lr, batch_size, sparsity, init_logit, init);
+    ``gradient`` is the task loss's gradient at the base over ``data`` when the caller has it."""
     rule = SELECTORS.get(name)
     base32, deltas = deltas_of(base, tuned)
     n = sum(d.numel() for d in deltas.values())
@@ -148,12 +149,13 @@ IN_MEMORY_TOP_K = 1 << 27
 def top_k_scores(scores: Mapping[str, torch.Tensor], k: int) -> Mask:
     """Exactly the k largest |scores|, over all tensors together (the exact global top-k of
     deltas.api, so ties go to earlier tensors, then lower flat indices)."""
-    names = list(scores)
+    names = [n for n in scores if scores[n].dtype.is_floating_point]  # as the streamed selection: floating tensors only
     if sum(scores[n].numel() for n in names) > IN_MEMORY_TOP_K:
         return global_topk_mask(scores, int(k))
-    dtype = torch.float64 if any(scores[n].dtype == torch.float64 for n in names) else torch.float32
-    # |.|, as the streamed selection ranks by magnitude (magnitude passes the signed delta itself)
-    flat = torch.cat([scores[n].detach().reshape(-1).to("cpu", dtype).abs() for n in names])  # (N,) in dict order
+    # |.| in float32, as the streamed selection ranks (magnitude passes the signed delta itself)
+    flat = torch.cat([scores[n].detach().reshape(-1).to("cpu", torch.float32).abs() for n in names])  # (N,) in dict order
+    if not bool(torch.isfinite(flat).all()):
+        return global_topk_mask(scores, int(k))  # which names the tensor holding NaN or inf, in one line
     chosen = torch.zeros(flat.numel(), dtype=torch.bool)
     # a stable descending sort keeps equal scores in flat order: ties go to earlier tensors, lower indices
     chosen[torch.sort(flat, descending=True, stable=True).indices[: int(k)]] = True

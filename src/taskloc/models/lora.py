@@ -30,6 +30,7 @@ class LoraSpec:
     rank: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] = ()  # substrings of module names; empty: every linear layer but the head
+    seed: int = 0  # draws every A (its own generator: the adapters do not depend on what ran before)
 
     @property
     def scale(self) -> float:
@@ -42,12 +43,12 @@ class LoraSpec:
 class LowRankUpdate(nn.Module):
     """The parametrization W -> W + scale * B @ A of one linear layer's weight (out, in)."""
 
-    def __init__(self, out_features: int, in_features: int, rank: int, scale: float) -> None:
+    def __init__(self, out_features: int, in_features: int, rank: int, scale: float, generator: torch.Generator) -> None:
         super().__init__()
         self.scale = scale
         self.A = nn.Parameter(torch.empty(rank, in_features))  # (r, in)
         self.B = nn.Parameter(torch.zeros(out_features, rank))  # (out, r): zero, so training starts at the base
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5), generator=generator)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight + self.scale * (self.B @ self.A).to(weight.dtype)  # (out, in)
@@ -58,6 +59,9 @@ def target_layers(model: nn.Module, spec: LoraSpec) -> dict[str, nn.Linear]:
     chosen = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)
               and not any(part in name.split(".")[-1] for part in _NEVER)
               and (not spec.targets or any(t in name for t in spec.targets))}
+    if not chosen and not spec.targets:
+        raise ConfigError("LoRA adapts nn.Linear layers and this model has none outside its head (e.g. GPT-2's Conv1D "
+                          "layers); fine-tune it with another regime.")
     if not chosen:
         raise ConfigError(f"LoRA targets {list(spec.targets)} match no linear layer of the model; name parts of its "
                           "module names (e.g. qkv, fc_in, q_proj) or leave the list empty for every linear layer.")
@@ -69,9 +73,11 @@ def attach(model: nn.Module, spec: LoraSpec) -> dict[str, torch.Tensor]:
     every A and B), under which ``train`` freezes everything else."""
     if spec.rank < 1 or not spec.alpha > 0:
         raise ConfigError(f"LoRA rank={spec.rank} must be >= 1 and alpha={spec.alpha} positive.")
-    for layer in target_layers(model, spec).values():
+    generator = torch.Generator().manual_seed(spec.seed)
+    for layer in target_layers(model, spec).values():  # module order: the same draws every time
         out_f, in_f = layer.weight.shape
-        update = LowRankUpdate(out_f, in_f, min(spec.rank, out_f, in_f), spec.scale).to(layer.weight.device)
+        # scale stays alpha / spec.rank even where a small layer caps the rank: one scale for the whole model
+        update = LowRankUpdate(out_f, in_f, min(spec.rank, out_f, in_f), spec.scale, generator).to(layer.weight.device)
         parametrize.register_parametrization(layer, "weight", update)
     return {name: torch.ones(p.shape, dtype=torch.bool) for name, p in model.named_parameters()
             if name.endswith((".A", ".B")) and ".parametrizations." in name}

@@ -208,8 +208,7 @@ def _tune(folder: Path, *, start: StateDict, mask: dict[str, torch.Tensor] | Non
         model = copy.deepcopy(template).to(device)
     load_weights(model, start)
     if lora is not None:
-        # the adapters' A is drawn from torch's generator, which the executor seeded from the job's key
-        mask = lora_adapters.attach(model, lora)
+        mask = lora_adapters.attach(model, lora)  # A drawn from lora.seed's own generator
     train(model, train_cfg, mixture, checkpoint=folder / CHECKPOINT, mask=mask, label=label, meta=meta, log=lambda r: None)
     if lora is not None:
         lora_adapters.merge(model)

@@ -40,7 +40,7 @@ from ..deltas.inmemory import random_mask, tensor_profile
 from ..deltas.learned import loss_gradient
 from ..errors import ConfigError
 from ..models import weights_of
-from ..models.lora import LoraSpec
+from ..models.lora import LoraSpec, target_layers
 from ..progress import progress_bar
 from ..registry import Registry
 from ..report.figures import PALETTE
@@ -96,8 +96,8 @@ class WeightDeltaConfig(Config):
         if not 0 <= self.regime_seeds <= self.seeds:
             raise ConfigError(f"{self.key('regime_seeds')}={self.regime_seeds} must lie between 0 (= seeds) and seeds={self.seeds}.")
         if not 1 <= self.control_seeds <= min(self.seeds, self.regime_seeds or self.seeds):
-            raise ConfigError(f"{self.key('control_seeds')}={self.control_seeds} must lie between 1 and seeds={self.seeds} "
-                              f"(and regime_seeds={self.regime_seeds} when set).")
+            raise ConfigError(f"{self.key('control_seeds')}={self.control_seeds} must lie between 1 and seeds={self.seeds}"
+                              + (f" and regime_seeds={self.regime_seeds}." if self.regime_seeds else "."))
         if len(self.tasks) < 2:
             raise ConfigError(f"{self.key('tasks')}={self.tasks}: need at least 2 tasks (intervals run over tasks).")
         for name in ("support_fraction", "mask_fraction", "recovered", "small_k", "small_lr_factor", "sgd_lr"):
@@ -121,6 +121,11 @@ class WeightDeltaConfig(Config):
             raise ConfigError(f"{self.key('regimes')} is empty; name at least one of {REGIMES.names()}.")
         for name in self.regimes:
             REGIMES.get(name)  # did-you-mean
+        if len(set(self.regimes)) < len(self.regimes):
+            raise ConfigError(f"{self.key('regimes')}={self.regimes} names a regime twice; name each once.")
+        if self.regimes[0] == "lora":
+            raise ConfigError(f"{self.key('regimes')}={self.regimes}: the first regime decides the verdicts about what fine-tuning "
+                              "does on its own, and lora's delta is low rank by construction; put adamw, small or sgd-frozen first.")
         from ..deltas.masks import SELECTORS
 
         for name in self.selectors:
@@ -326,8 +331,13 @@ class WeightDeltaStudy(Study):
             # the imposed-sparsity runs (LT-SFT, random mask) bring their own schedule and mask
             recipe = REGIMES.get(regime)(cfg, base) if train_cfg is None else Recipe(train_cfg, mask)
             mixture = mixture or TaskMixture([task], levels, seed=1000 + seed)
+            # a seed's real and shuffled-label LoRA runs start from the same adapters (paired); seeds differ
+            lora = replace(recipe.lora, seed=7000 + seed) if recipe.lora is not None else None
             return Finetune(f"{regime} {task.name} s{seed}", {"task": task.name, "seed": seed, "regime": regime, "levels": levels},
-                            base, mixture, recipe.train, recipe.mask, recipe.lora)
+                            base, mixture, recipe.train, recipe.mask, lora)
+
+        if "lora" in cfg.regimes:  # a model LoRA cannot adapt is one line now, not after the other regimes' fine-tunes
+            target_layers(fit_model, LoraSpec(rank=cfg.lora_rank, alpha=cfg.lora_alpha))
 
         # Every fine-tune is an independent job; they run as two batches (in parallel under the ray
         # executor): all that start from the base alone, then LT-SFT, whose mask needs its run's delta.
@@ -370,7 +380,8 @@ class WeightDeltaStudy(Study):
             # saliency and the learned mask's start read the task loss's gradient at the base over the
             # fit data, which no delta changes: computed once per (task, seed), not once per mask
             if (task.name, seed) not in gradients:
-                gradients[task.name, seed] = loss_gradient(fit_model, base, [(e.prompt, e.target) for e in data])
+                floating = {n: t for n, t in base.items() if t.dtype.is_floating_point}  # as select() ranks them
+                gradients[task.name, seed] = loss_gradient(fit_model, floating, [(e.prompt, e.target) for e in data])
             return gradients[task.name, seed]
 
         all_k = {name: (cfg.learned_fractions if name == "learned" else cfg.graft_fractions) for name in cfg.selectors}
@@ -564,8 +575,9 @@ class WeightDeltaStudy(Study):
         if "learned" not in cfg.selectors:
             return
         k = cfg.learned_fractions[0]
-        statement = (f"the skill is localisable: a {_pct(k)} mask fitted to the task (learned, Panigrahi et al.) keeps more of the "
-                     "real delta's skill than the same fit keeps from a shuffled-label or a Gaussian delta")
+        statement = (f"the skill is localisable: a {_pct(k)} mask fitted to the task (Panigrahi et al.'s relaxed-mask objective, "
+                     f"{cfg.learned_steps} steps from the {cfg.learned_init} top-{_pct(k)}) keeps more of the real delta's skill than the "
+                     "same fit keeps from a shuffled-label or a Gaussian delta")
         valid_ids = {(r.task, r.seed) for r in valid}
         usable = [c for c in controls if (c["task"], c["seed"]) in valid_ids]
         by_measure = {}
@@ -708,7 +720,8 @@ class WeightDeltaStudy(Study):
                 parts.append(f"{regime}: update {row[1]} of the base's norm, top-{_pct(cfg.support_fraction)} energy {row[3]}, "
                              f"{_pct(k_small)} kept by magnitude {kept['magnitude']:.2f} / DARE {kept['dare']:.2f} "
                              f"({row[6]} runs learned; shape: {row[7]})")
-            result.notes.append(f"Regimes compared (exact match at the target level, means over runs that learned): {'; '.join(parts)}.")
+            result.notes.append(f"Regimes compared (update size and top-{_pct(cfg.support_fraction)} energy: means over all runs; shares "
+                                f"kept, exact match at the target level: means over runs that learned): {'; '.join(parts)}.")
         result.metrics["regime_summary"] = [dict(zip(["regime", "relative_norm", "moved_share", "top_energy", "exact_gain", "token_gain",
                                                       "learned", "shape", "learned_vs_shuffled"], r)) for r in rows]
         result.notes.append("Caveats measured here: the update size of each regime is in the regimes table (LLM fine-tunes that DARE "
