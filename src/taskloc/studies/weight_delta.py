@@ -714,9 +714,10 @@ class WeightDeltaStudy(Study):
         k_small = max(small) if small else None
         if k_small is not None and {"magnitude", "dare"} <= set(cfg.selectors):
             parts = []
+            grafted = {(g["regime"], g["selector"]): g["exact"]["mean"] for g in result.metrics["grafting"] if g["k"] == k_small}
             for regime, row in zip(cfg.regimes, rows):
-                valid = [r for r in runs if r.regime == regime and r.learned_on("exact", cfg.min_gain)]
-                kept = {s: np.mean([r.kept[s][k_small]["exact"] for r in valid]) if valid else float("nan") for s in ("magnitude", "dare")}
+                # the grafting table's own estimates (mean of task means over runs that learned), not a second average
+                kept = {s: grafted.get((regime, s), float("nan")) for s in ("magnitude", "dare")}
                 parts.append(f"{regime}: update {row[1]} of the base's norm, top-{_pct(cfg.support_fraction)} energy {row[3]}, "
                              f"{_pct(k_small)} kept by magnitude {kept['magnitude']:.2f} / DARE {kept['dare']:.2f} "
                              f"({row[6]} runs learned; shape: {row[7]})")
