@@ -69,7 +69,7 @@ def unused_member():
 def test_kernel_equals_naive_masked_softmax(compiled, dtype, atol, t_q, t_k, h_kv, chunk, monkeypatch):
     # chunks of 24 and 8 queries (compiled) and ~20 and ~7 (torch): 37 is a multiple of none
     monkeypatch.setattr(vs, "COMPILED", compiled)
-    monkeypatch.setattr(vs, "CHUNK_ROWS", chunk)
+    monkeypatch.setattr(vs, "CHUNK_QUERIES", chunk)
     monkeypatch.setattr(vs, "CHUNK_FLOATS", chunk * 8 * 6 * 8)  # the torch path's chunks: chunk / 8 queries
     q, k, v = qkv(t_q, t_k, h_kv, dtype)
     vert, slash = random_lines(2, 4, t_k, 4, 5, seed=t_k + t_q)

@@ -251,13 +251,16 @@ def vertical_slash(spec: PatternSpec, q: torch.Tensor, k: torch.Tensor, scale: f
     qpos = query_positions(t_q, t_k, q.device)
     keys = torch.arange(t_k, device=q.device)
     last_pos = qpos[-n_last:]
-    seen = keys[None, :] <= last_pos[:, None]  # (n_last, Tk)
-    scores = grouped_scores(q[:, :, -n_last:], k, scale).masked_fill_(~seen, -math.inf)  # a fresh tensor
+    # q scaled before the product (n_last x D numbers, not n_last x Tk): at T = 8192 the scaling
+    # pass over the scores took as long as the product itself
+    scores = grouped_scores(q[:, :, -n_last:] * scale, k, 1.0)  # (B, H, n_last, Tk), a fresh tensor
+    tail = t_k - n_last  # keys before the first of the last queries are seen by all of them
+    scores[..., tail:].masked_fill_(keys[None, tail:] > last_pos[:, None], -math.inf)  # causal, (n_last, n_last)
     probs = torch.softmax(scores.float(), dim=-1)  # (B, H, n_last, Tk)
     vertical = probs.sum(2)  # (B, H, Tk) per column
-    offset = (last_pos[:, None] - keys[None, :]).clamp(min=0).expand(b, h, n_last, t_k)
-    slash = torch.zeros(b, h, t_k, device=q.device).scatter_add_(-1, offset.reshape(b, h, -1),
-                                                                 probs.reshape(b, h, -1))  # per diagonal
+    slash = torch.zeros(b, h, t_k, device=q.device)  # per diagonal: offset p - j of query p's key j
+    for i, p in enumerate(last_pos.tolist()):  # row i's keys p, p - 1, ..., 0 lie on offsets 0, 1, ..., p
+        slash[..., : p + 1] += probs[:, :, i, : p + 1].flip(-1)
     first, last = t_k - t_q, t_k - 1  # absolute positions of the queries
     goal = spec.density * float((qpos + 1).sum())  # causal pairs to attend
     reach = span(keys, first, last)  # (Tk,) queries a column j, or a diagonal at offset j, reaches

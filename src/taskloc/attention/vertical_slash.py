@@ -42,21 +42,23 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
 COMPILED = numba is not None  # tests switch it off to compare the two paths
-# Query rows (batch x heads x queries) per chunk on the compiled path, each with (Nc' + Nd) scores:
-# 2048 (256 queries x 8 heads, ~2 MB of scores at T = 8192); 1024 and 4096 were within the noise
-# of the shared machine.
-CHUNK_ROWS = 2048
+# Queries of one head per chunk on the compiled path, each with (Nc' + Nd') scores: 1024 (~2 MB of
+# scores at T = 8192 and density 1/16); 2048 was within the noise, 256 and 4096 slower.
+CHUNK_QUERIES = 1024
 # Gathered floats per chunk on the torch path (B x H x chunk x Nd x D), as sparse.CHUNK_FLOATS.
 CHUNK_FLOATS = 1 << 22
 
 
 def _sorted_indices(chosen: torch.Tensor, sentinel: int) -> torch.Tensor:
     """chosen (B, H, N) bool -> the chosen indices ascending (B, H, L), padded with ``sentinel``
-    (L = the largest count over heads)."""
+    (L = the largest count over heads). Each chosen index goes to its rank among the chosen (a
+    running count, no sort); the others all land on one spare slot, dropped."""
     n = chosen.shape[-1]
     width = max(1, int(chosen.sum(-1).max()))
-    idx = torch.where(chosen, torch.arange(n, device=chosen.device), sentinel)
-    return idx.sort(-1).values[..., :width]
+    slot = torch.where(chosen, chosen.cumsum(-1) - 1, width)  # (B, H, N)
+    out = torch.full((*chosen.shape[:-1], width + 1), sentinel, dtype=torch.int64, device=chosen.device)
+    out.scatter_(-1, slot, torch.arange(n, device=chosen.device).expand_as(slot))
+    return out[..., :width]
 
 
 def _span(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
@@ -149,104 +151,146 @@ def _torch(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
 
 
 def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
-    """The compiled path, a chunk of queries of every (batch, head) at a time. A chunk's scores are
-    one (B, H, C, Nc' + Nd) buffer: the columns' by a torch matmul, the diagonals' by a numba loop
-    (which also blocks the columns past each query); then torch's vectorised softmax, a matmul for
-    the columns' values and a numba loop adding the diagonals' values in place. The numba loops
-    read the whole contiguous q, k, v, out, so their inner loops run over contiguous rows.
-    Returns (out, computed column pairs); the diagonal pairs computed are counted by the caller."""
+    """The compiled path, one (batch, head) and a chunk of its queries at a time. A chunk's scores
+    are one (C, Nc' + Nd') buffer, Nc' and Nd' the head's columns and diagonals that the chunk's
+    last query reaches (both ascending, so prefixes; the rest would be blocked pairs): the columns'
+    scores by a torch matmul, the diagonals' by a numba loop (which also blocks the columns past
+    each query); then torch's softmax, a matmul for the columns' values and a numba loop adding the
+    diagonals' values in place. Head by head with long chunks, because the diagonal loops are
+    bound by reading key and value rows: a head's rows stay in cache from one sub-block to the
+    next (at T = 8192, 5.3 ns a diagonal pair against 8.2 with chunks of 256 queries of every
+    head). Returns (out, computed column pairs); the diagonal pairs computed are counted by the
+    caller."""
     b, h, t_q, _d = q.shape
-    n_d = offsets.shape[-1]
+    group = h // k.shape[1]
     q = q.contiguous()
     k_c = k_c * scale  # the columns' scores come out scaled; the numba loop scales its own
-    step = max(1, CHUNK_ROWS // (b * h))
-    starts = list(range(0, t_q, step))
-    widths = _column_widths(cols, torch.tensor([first + min(t_q, s + step) - 1 for s in starts]))
+    starts = list(range(0, t_q, CHUNK_QUERIES))
+    ends = torch.tensor([first + min(t_q, s + CHUNK_QUERIES) - 1 for s in starts])
+    widths = _reached(cols, ends)  # (B, H, chunks): columns at or before each chunk's last query
+    reach = _reached(offsets, ends)  # (B, H, chunks): diagonals that reach it
     q_n, k_n, v_n = q.numpy(), k.numpy(), v.numpy()
-    offsets_n, cols_n, vert_n = offsets.numpy(), cols.numpy(), vert.contiguous().numpy()
+    cols_n, offsets_n, vert_n = cols.numpy(), offsets.numpy(), vert.contiguous().numpy()
     # [score of a blocked pair (finite: exp gives exactly 0 and no NaN), 0, scale] in the inputs'
     # dtype: a Python float would make numba accumulate float32 dot products in float64 (1.5x slower)
     consts = np.array([torch.finfo(q.dtype).min, 0, scale], dtype=k_n.dtype)
     out = torch.empty(b, h, t_q, v.shape[-1], dtype=q.dtype)
     out_n = out.numpy()
     computed = 0
-    for s, width in zip(starts, widths):
-        c = min(step, t_q - s)
-        scores = torch.empty(b, h, c, width + n_d, dtype=q.dtype)  # (B, H, C, Nc' + Nd)
-        scores[..., :width] = q[:, :, s : s + c] @ k_c[:, :, :width].transpose(-1, -2)
-        _diagonal_scores(q_n, k_n, offsets_n, vert_n, cols_n, s, first, consts, scores.numpy())
-        probs = torch.softmax(scores, -1)
-        out[:, :, s : s + c] = probs[..., :width] @ v_c[:, :, :width]  # (B, H, C, Dv)
-        _diagonal_values(probs.numpy(), v_n, offsets_n, s, first, out_n)
-        computed += b * h * c * width
+    for bi in range(b):
+        for hi in range(h):
+            q_h, k_h, v_h = q_n[bi, hi], k_n[bi, hi // group], v_n[bi, hi // group]  # (T, D) each
+            for s, width, n_d in zip(starts, widths[bi][hi], reach[bi][hi]):
+                c = min(CHUNK_QUERIES, t_q - s)
+                scores = torch.empty(c, width + n_d, dtype=q.dtype)  # (C, Nc' + Nd')
+                torch.matmul(q[bi, hi, s : s + c], k_c[bi, hi, :width].T, out=scores[:, :width])
+                _diagonal_scores(q_h, k_h, offsets_n[bi, hi, :n_d], vert_n[bi, hi], cols_n[bi, hi, :width],
+                                 s, first, consts, scores.numpy())
+                probs = torch.softmax(scores, -1)
+                torch.matmul(probs[:, :width], v_c[bi, hi, :width], out=out[bi, hi, s : s + c])  # (C, Dv)
+                _diagonal_values(probs.numpy(), v_h, offsets_n[bi, hi, :n_d], s, first, out_n[bi, hi])
+                computed += c * width
     return out, computed
 
 
+def _reached(sorted_idx: torch.Tensor, ends: torch.Tensor) -> list:
+    """sorted_idx (B, H, N) ascending, ends (chunks,) -> per head and chunk the count <= end, as
+    nested lists [B][H][chunks] of ints."""
+    flat = sorted_idx.flatten(0, 1).contiguous()  # (B*H, N)
+    need = torch.searchsorted(flat, ends.expand(flat.shape[0], -1).contiguous(), right=True)  # (B*H, chunks)
+    return need.view(*sorted_idx.shape[:2], -1).tolist()
+
+
+# Queries per sub-block inside a chunk of the numba loops: a sub-block's q rows (64 x 256 B) and
+# the key rows four neighbouring diagonals read stay in L1 (at T = 8192, 64 took the diagonal
+# scores from 14 to 7.6 ns a pair with four diagonals per q row; 32 and 128 were slower).
+SUB = 64
+
+
 def _diagonal_scores_py(q, k, offsets, vert, cols, s, first, consts, out):
-    """For the chunk of queries s .. s + C (positions first + s + c), q (B, H, Tq, D), k (B, Hkv,
-    Tk, D): ``out`` (B, H, C, Nc' + Nd) holds the column scores in its first Nc' entries. Sets a
-    column's score to ``lowest`` = consts[0] past the query, and out[.., c, Nc' + j] = scale x
-    q[s + c] . k[first + s + c - offsets[j]], or ``lowest`` where that key is before 0 or is a
-    column (vert). Diagonal-major: each diagonal's keys are read in order, and (offsets ascending)
-    neighbouring diagonals reuse cached keys."""
-    n_b, n_h, n_c, n_w = out.shape
-    n_col = n_w - offsets.shape[2]
-    group = n_h // k.shape[1]
+    """One head, the chunk of queries s .. s + C (positions first + s + c): q (Tq, D), k (Tk, D),
+    offsets (Nd',) and cols (Nc',) ascending, vert (Tk,). ``out`` (C, Nc' + Nd') holds the column
+    scores in its first Nc' entries. Sets a column's score to ``lowest`` = consts[0] past the
+    query, and out[c, Nc' + j] = scale x q[s + c] . k[first + s + c - offsets[j]], or ``lowest``
+    where that key is before 0 or is a column (vert). Sub-blocks of SUB queries; within one, four
+    diagonals at a time share each q row (loaded once for four dot products)."""
+    n_c, n_w = out.shape
+    n_j = offsets.shape[0]
+    n_col = n_w - n_j
     lowest, zero, scale = consts[0], consts[1], consts[2]
     pos0 = first + s
-    for b in range(n_b):
-        for h in range(n_h):
-            kh, qh, oh, vh = k[b, h // group], q[b, h], out[b, h], vert[b, h]
-            for c in range(n_c):
-                for j in range(n_col - 1, -1, -1):  # ascending columns: those past the query are a suffix
-                    if cols[b, h, j] <= pos0 + c:
-                        break
-                    oh[c, j] = lowest
-            for j in range(offsets.shape[2]):
-                dist = offsets[b, h, j]
-                for c in range(n_c):
-                    key = pos0 + c - dist
-                    if key < 0 or vh[key]:
-                        oh[c, n_col + j] = lowest
-                    else:
-                        acc = zero
-                        for e in range(qh.shape[1]):
-                            acc += qh[s + c, e] * kh[key, e]
-                        oh[c, n_col + j] = acc * scale
+    for c in range(n_c):
+        for j in range(n_col - 1, -1, -1):  # ascending columns: those past the query are a suffix
+            if cols[j] <= pos0 + c:
+                break
+            out[c, j] = lowest
+    for j in range(n_j):  # keys before position 0
+        for c in range(min(n_c, max(0, offsets[j] - pos0))):
+            out[c, n_col + j] = lowest
+    for c0 in range(0, n_c, SUB):
+        c1 = min(n_c, c0 + SUB)
+        for j in range(0, n_j, 4):
+            start = c1
+            if j + 4 <= n_j:
+                d0, d1, d2, d3 = offsets[j], offsets[j + 1], offsets[j + 2], offsets[j + 3]
+                start = min(c1, max(c0, d3 - pos0))  # from here all four keys are >= 0 (d3 the largest)
+                for c in range(start, c1):
+                    k0, k1, k2, k3 = pos0 + c - d0, pos0 + c - d1, pos0 + c - d2, pos0 + c - d3
+                    a0 = a1 = a2 = a3 = zero
+                    for e in range(q.shape[1]):  # four dot products, each q element loaded once
+                        x = q[s + c, e]
+                        a0 += x * k[k0, e]
+                        a1 += x * k[k1, e]
+                        a2 += x * k[k2, e]
+                        a3 += x * k[k3, e]
+                    out[c, n_col + j] = a0 * scale
+                    out[c, n_col + j + 1] = a1 * scale
+                    out[c, n_col + j + 2] = a2 * scale
+                    out[c, n_col + j + 3] = a3 * scale
+            for jj in range(j, min(j + 4, n_j)):  # the rest, one diagonal at a time
+                for c in range(max(c0, offsets[jj] - pos0), start):
+                    key = pos0 + c - offsets[jj]
+                    acc = zero
+                    for e in range(q.shape[1]):
+                        acc += q[s + c, e] * k[key, e]
+                    out[c, n_col + jj] = acc * scale
+    for i in range(n_col):  # keys that are columns: counted there, so blocked here
+        col = cols[i]  # it meets diagonal d at the query col + d, if that is in the chunk
+        lo = np.searchsorted(offsets, pos0 - col)
+        hi = np.searchsorted(offsets, pos0 + n_c - 1 - col, side="right")
+        for j in range(lo, hi):
+            out[col + offsets[j] - pos0, n_col + j] = lowest
 
 
 def _diagonal_values_py(p, v, offsets, s, first, out):
-    """out[b, h, s + c] += sum_j p[b, h, c, Nc' + j] v[b, h // G, first + s + c - offsets[j]] over
-    keys >= 0; p (B, H, C, Nc' + Nd) probabilities (0 where blocked), v (B, Hkv, Tk, Dv), out
-    (B, H, Tq, Dv). Four diagonals at a time: each out row is loaded and stored once per four
-    value rows (half the time of one at a time, measured)."""
-    n_b, n_h, n_c, n_w = p.shape
-    n_j = offsets.shape[2]
+    """One head: out[s + c] += sum_j p[c, Nc' + j] v[first + s + c - offsets[j]] over keys >= 0;
+    p (C, Nc' + Nd') probabilities (0 where blocked), v (Tk, Dv), offsets (Nd',) ascending, out
+    (Tq, Dv). Sub-blocks of SUB queries, four diagonals at a time: each out row is loaded and
+    stored once per four value rows (half the time of one at a time, measured)."""
+    n_c, n_w = p.shape
+    n_j = offsets.shape[0]
     n_col = n_w - n_j
-    group = n_h // v.shape[1]
+    n_e = v.shape[1]
     pos0 = first + s
-    for b in range(n_b):
-        for h in range(n_h):
-            vh, ph, oh = v[b, h // group], p[b, h], out[b, h]
-            n_e = vh.shape[1]
-            for j in range(0, n_j, 4):
-                if j + 4 <= n_j:
-                    d0, d1, d2, d3 = offsets[b, h, j], offsets[b, h, j + 1], offsets[b, h, j + 2], offsets[b, h, j + 3]
-                    start = min(n_c, max(0, d3 - pos0))  # from here all four keys are >= 0 (d3 the largest)
-                    for c in range(start, n_c):
-                        k0, k1, k2, k3 = pos0 + c - d0, pos0 + c - d1, pos0 + c - d2, pos0 + c - d3
-                        w0, w1, w2, w3 = ph[c, n_col + j], ph[c, n_col + j + 1], ph[c, n_col + j + 2], ph[c, n_col + j + 3]
-                        for e in range(n_e):
-                            oh[s + c, e] += w0 * vh[k0, e] + w1 * vh[k1, e] + w2 * vh[k2, e] + w3 * vh[k3, e]
-                else:
-                    start = n_c
-                for jj in range(j, min(j + 4, n_j)):  # the rest, one diagonal at a time
-                    dist = offsets[b, h, jj]
-                    for c in range(max(0, dist - pos0), start):
-                        w = ph[c, n_col + jj]
-                        key = pos0 + c - dist
-                        for e in range(n_e):
-                            oh[s + c, e] += w * vh[key, e]
+    for c0 in range(0, n_c, SUB):
+        c1 = min(n_c, c0 + SUB)
+        for j in range(0, n_j, 4):
+            start = c1
+            if j + 4 <= n_j:
+                d0, d1, d2, d3 = offsets[j], offsets[j + 1], offsets[j + 2], offsets[j + 3]
+                start = min(c1, max(c0, d3 - pos0))  # from here all four keys are >= 0
+                for c in range(start, c1):
+                    k0, k1, k2, k3 = pos0 + c - d0, pos0 + c - d1, pos0 + c - d2, pos0 + c - d3
+                    w0, w1, w2, w3 = p[c, n_col + j], p[c, n_col + j + 1], p[c, n_col + j + 2], p[c, n_col + j + 3]
+                    for e in range(n_e):
+                        out[s + c, e] += w0 * v[k0, e] + w1 * v[k1, e] + w2 * v[k2, e] + w3 * v[k3, e]
+            for jj in range(j, min(j + 4, n_j)):  # the rest, one diagonal at a time
+                dist = offsets[jj]
+                for c in range(max(c0, dist - pos0), start):
+                    w = p[c, n_col + jj]
+                    key = pos0 + c - dist
+                    for e in range(n_e):
+                        out[s + c, e] += w * v[key, e]
 
 
 if COMPILED:
