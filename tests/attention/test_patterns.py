@@ -1,11 +1,13 @@
 """Sparse attention patterns: density 1 is dense attention (prefill, decode with and without a KV
 cache); each pattern's attended set equals a mask rebuilt naively, loop by loop, from the
 pattern's definition; the kernels attend exactly that set; bad settings are one-line errors."""
+import itertools
 import math
 
 import pytest
 import torch
 
+import taskloc.attention.patterns as patterns
 from taskloc.attention import ATTENTION, FlopLedger, PatternSpec, SparseAttention, dense_attention, select, sparse_kernel
 from taskloc.errors import ConfigError, TasklocError, UnknownNameError
 from taskloc.hooks import HookPoint
@@ -161,6 +163,51 @@ def test_vertical_slash_attends_the_density_asked(t_q, t_k, density):
     realized = allowed.sum((0, 2, 3)).double() / causal  # per head
     assert torch.all(realized >= density - 1e-9), realized
     assert torch.all(realized <= density + 2 * t_q / causal), realized
+
+def full_sort_prefix(scores, gain, goal, forced):
+    """cover_prefix's rule written plainly: every row sorted (stable, descending), the shortest
+    prefix whose gain reaches the goal, and the forced ones."""
+    out = torch.zeros(scores.shape, dtype=torch.bool)
+    gain = gain.expand_as(scores)
+    for b, h in itertools.product(range(scores.shape[0]), range(scores.shape[1])):
+        total = 0.0
+        for j in scores[b, h].sort(descending=True, stable=True).indices.tolist():
+            out[b, h, j] = True
+            total += float(gain[b, h, j])
+            if total >= float(goal[b, h]) - 1e-9:
+                break
+    return out | forced
+
+
+@pytest.mark.parametrize("first", [1, 4, 512])
+def test_cover_prefix_top_k_path_is_the_full_sort(first, monkeypatch):
+    # The ranked candidates start at `first` (1 and 4 widen; 512 covers the small rows at once);
+    # few score levels, so prefixes end inside groups of ties (torch's top-k returns ties in no
+    # set order), +inf (forced) scores, and in every other draw a goal past the total gain (every
+    # candidate; one such head sends the whole batch to the full sort).
+    monkeypatch.setattr(patterns, "COVER_FIRST", first)
+    g = torch.Generator().manual_seed(first)
+    for draw, (n, levels) in enumerate([(37, 5), (300, 40), (2000, 1000)] * 10):
+        scores = (torch.rand(2, 3, n, generator=g) * levels).floor()
+        scores[..., :2] = math.inf
+        gain = torch.randint(1, 9, (n,), generator=g).to(torch.int64)
+        goal = torch.rand(2, 3, generator=g, dtype=torch.float64) * float(gain.sum()) * 0.1
+        if draw % 2:
+            goal[1, 2] = float(gain.sum()) + 5
+        forced = torch.arange(n) < 2
+        assert torch.equal(patterns.cover_prefix(scores, gain, goal, forced),
+                           full_sort_prefix(scores, gain, goal, forced))
+
+
+def test_cover_prefix_widens_when_a_tie_spans_the_cut(monkeypatch):
+    # 16 keys tie at the top and the prefix needs 2 of them: the top 4 hold 4 arbitrary ones of the
+    # 16 and the top 16 all of them but end on the same score, so only the whole order is exact.
+    monkeypatch.setattr(patterns, "COVER_FIRST", 4)
+    scores = torch.zeros(1, 1, 50)
+    scores[..., 30:46] = 10.0
+    out = patterns.cover_prefix(scores, torch.ones(50), 2.0, torch.zeros(50, dtype=torch.bool))
+    assert out.nonzero()[:, -1].tolist() == [30, 31]
+
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("t_q, t_k", [(32, 32), (3, 32), (1, 29)])

@@ -32,7 +32,7 @@ import torch
 
 from .flops import FlopLedger
 from .kernels import kv_groups
-from .patterns import Selection
+from .patterns import Selection, span
 
 try:  # optional: the torch path is the reference and the fallback
     if os.environ.get("TASKLOC_NO_NUMBA"):
@@ -61,18 +61,13 @@ def _sorted_indices(chosen: torch.Tensor, sentinel: int) -> torch.Tensor:
     return out[..., :width]
 
 
-def _span(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
-    """How many query positions in [first, last] are >= x (elementwise, int64)."""
-    return (last - x.clamp(min=first) + 1).clamp(min=0)
-
-
 def pair_counts(cols: torch.Tensor, offsets: torch.Tensor, first: int, last: int) -> tuple[int, int]:
     """Exact (attended pairs, diagonal pairs computed) for queries at positions first..last.
     cols (B, H, Nc) and offsets (B, H, Nd), padded with a sentinel beyond ``last``. A diagonal pair
     is computed when its key is >= 0 and not a column; a column c and an offset d coincide at the
     query c + d."""
-    vertical = int(_span(cols, first, last).sum())
-    diagonal = int(_span(offsets, first, last).sum())
+    vertical = int(span(cols, first, last).sum())
+    diagonal = int(span(offsets, first, last).sum())
     meet = cols[..., :, None] + offsets[..., None, :]  # (B, H, Nc, Nd): the query where they coincide
     twice = int(((meet >= first) & (meet <= last)).sum())
     return vertical + diagonal - twice, diagonal - twice
