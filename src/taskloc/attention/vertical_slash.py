@@ -42,9 +42,12 @@ except ImportError:  # pragma: no cover - exercised where numba is absent
     numba = None
 
 COMPILED = numba is not None  # tests switch it off to compare the two paths
-# Queries of one head per chunk on the compiled path, each with (Nc' + Nd') scores: 1024 (~2 MB of
-# scores at T = 8192 and density 1/16); 2048 was within the noise, 256 and 4096 slower.
-CHUNK_QUERIES = 1024
+# Queries of one head per chunk on the compiled path, each with (Nc' + Nd') scores. A chunk computes
+# every column and diagonal its last query reaches, so longer chunks compute more blocked pairs
+# (columns late in the sequence, as real and positional inputs choose, reach few of its queries).
+# Fastest of 8 at T = 8192, 8 heads, density 1/16 (Gaussian / positional inputs, ms): 64: 240 / 235,
+# 128: 213 / 201, 256: 177 / 182, 512: 175 / 179, 1024: 203 / 192, 2048: 218 / 252.
+CHUNK_QUERIES = 256
 # Gathered floats per chunk on the torch path (B x H x chunk x Nd x D), as sparse.CHUNK_FLOATS.
 CHUNK_FLOATS = 1 << 22
 
@@ -151,11 +154,11 @@ def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
     last query reaches (both ascending, so prefixes; the rest would be blocked pairs): the columns'
     scores by a torch matmul, the diagonals' by a numba loop (which also blocks the columns past
     each query); then torch's softmax, a matmul for the columns' values and a numba loop adding the
-    diagonals' values in place. Head by head with long chunks, because the diagonal loops are
-    bound by reading key and value rows: a head's rows stay in cache from one sub-block to the
-    next (at T = 8192, 5.3 ns a diagonal pair against 8.2 with chunks of 256 queries of every
-    head). Returns (out, computed column pairs); the diagonal pairs computed are counted by the
-    caller."""
+    diagonals' values in place. Head by head (all chunks of one head, then the next), because the
+    diagonal loops are bound by reading key and value rows: a head's rows stay in cache from one
+    chunk to the next (at T = 8192, 5.3 ns a diagonal pair against 8.2 when each chunk took its
+    queries from every head in turn). Returns (out, computed column pairs); the diagonal pairs
+    computed are counted by the caller."""
     b, h, t_q, _d = q.shape
     group = h // k.shape[1]
     q = q.contiguous()
