@@ -229,11 +229,13 @@ def test_cover_prefix_widens_when_a_tie_spans_the_cut(monkeypatch):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("t_q, t_k", [(32, 32), (3, 32), (1, 29)])
 def test_chunks_of_rows_attend_the_same_set(name, t_q, t_k, monkeypatch):
-    # One row per chunk (each padded to its own width) against the reference mask, with and
-    # without a hook, with a boolean and an additive caller mask; the ledger sums the chunks.
+    # One row per chunk (each padded to its own width; block-sparse prefill's whole-block path
+    # too) against the reference mask, with and without a hook, with a boolean and an additive
+    # caller mask; the ledger sums the chunks.
     import taskloc.attention.sparse as sparse
 
     monkeypatch.setattr(sparse, "CHUNK_FLOATS", 1)
+    monkeypatch.setattr(sparse, "BLOCK_CHUNK_FLOATS", 1)
     q, k, v = qkv(t_q, t_k)
     spec = PatternSpec(name, 0.2, **SETTINGS)
     allowed = select(spec, q, k).allowed()
