@@ -14,26 +14,26 @@ the max |difference| between the backends' outputs. Target: gather or flex >= 4x
     python benchmarks/sparse_attention.py                       # T = 2048 and 8192, one thread
     python benchmarks/sparse_attention.py --lengths 1024 --no-flex --inputs gaussian positional
 
-Measured 2026-12-01 12:26 (1 thread, nice 19, the 2-core machine shared with other runs; ratios are
-dense/sparse on the same inputs in the same run, --clock cpu: only the time this process ran; the
-"density" column is the achieved fraction of causal pairs, from the exact pair counts):
+Measured 2026-12-01 14:20 (--clock cpu --inputs gaussian positional --no-flex --repeats 7; 1 thread,
+nice 19, the 2-core machine otherwise idle; ratios are dense/sparse on the same inputs in the same
+run, --clock cpu: only the time this process ran; "density" is the achieved fraction of causal
+pairs, from the exact pair counts):
                       block-sparse          vertical-slash        ms: block-sparse / vertical-slash / SDPA
                       ratio  density        ratio  density
-  gaussian   T=8192   5.49x  0.0541         2.90x  0.0626         196 / 372 / 1078
-  gaussian   T=2048   4.25x  0.0922         2.19x  0.0628          20 /  38 /   84
-  positional T=8192   5.20x  0.0541         4.07x  0.0626         234 / 299 / 1217
-  positional T=2048   4.15x  0.0922         2.45x  0.0630          22 /  37 /   92
-Vertical-slash now attends the asked density (its columns and diagonals are chosen by the causal
-pairs they cover); before that it attended 0.033 at 1/16 and read 5.7x (Gaussian) / 6.4x
-(positional) on the 12:17 run. At a real 1/16 it misses the 4x target on Gaussian inputs (2.9x)
-and meets it just on positional ones (4.1x). Block-sparse attends less than asked at 8192 (0.054:
-its per-row budget counts the half-causal diagonal block as whole and rounds to whole blocks) and
-more at 2048 (0.092: the always-kept first and diagonal blocks are 2 of 32). Vertical-slash runs
-its own kernel (attention/vertical_slash.py: columns as a matmul, diagonals pair by pair),
-computed/attended 1.04-1.39; through key lists (--backends key-lists) it was 0.73x at 8192
-(12:17 run, computed/attended 23-26: scattered diagonals reach most keys of every block). Under
-heavy load single runs have read anywhere from 2.3x to 17x (the other process slowing dense and
-sparse unequally): compare within a quiet run, or use --clock cpu.
+  gaussian   T=8192   6.26x  0.0692         4.64x  0.0626         203 / 274 / 1268
+  gaussian   T=2048   3.41x  0.0922         2.97x  0.0628          27 /  31 /   91
+  positional T=8192   6.71x  0.0692         5.17x  0.0626         169 / 219 / 1133
+  positional T=2048   4.44x  0.0922         2.67x  0.0630          22 /  37 /   98
+Both meet the 4x target at 8192. Block-sparse's budget is whole blocks per row, the one whose
+causal pairs are nearest the target (0.069 at 8192, a step being 0.016); at 2048 the always-kept
+first and diagonal blocks are already 0.092. flex (14:13 run, default backends): block-sparse
+3.51x / 4.01x at 8192, vertical-slash 0.15x / 0.19x (first calls 0.3-8 s, compiled then). The
+session before: vertical-slash 2.90x / 4.07x at 8192 (chunks of every head at once, diagonals one
+at a time, a sort-based selection) and block-sparse 5.49x / 5.20x attending only 0.054 (its own
+half-causal block counted whole), one whole-sequence gather. Through key lists (--backends
+key-lists) vertical-slash was 0.73x at 8192 (computed/attended 23-26: scattered diagonals reach
+most keys of every block). Under heavy load single runs have read anywhere from 2.3x to 17x (the
+other process slowing dense and sparse unequally): compare within a quiet run, or use --clock cpu.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--density", type=float, default=1 / 16)
     ap.add_argument("--block", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--patterns", nargs="+", default=["block-sparse", "vertical-slash"])
     ap.add_argument("--inputs", nargs="+", choices=["gaussian", "positional"], default=["gaussian"],

@@ -38,14 +38,15 @@ from .patterns import PatternSpec, Selection, per_head, query_positions, select
 from .vertical_slash import vertical_slash_attention
 
 # Measured on CPU, 1 thread, a shared 2-core machine (benchmarks/sparse_attention.py, density 1/16,
-# block 64, 8 heads x 64, fastest of 5, --clock cpu, 2026-12-01 12:26): at 8192, block-sparse gather
-# 5.49x over SDPA on Gaussian inputs, 5.20x with a positional code (it attends 0.054 of the causal
-# pairs: whole blocks, the diagonal block counted whole); vertical-slash (its own kernel), attending
-# the asked 0.0626, 2.90x Gaussian / 4.07x positional; at 2048 2.2x / 2.5x, where the fixed costs
-# (selection, per-chunk calls) weigh more. Through key lists (backend="key-lists") vertical-slash was
-# 0.73x at 8192 (computed/attended 23-26). Earlier: flex 2.0x (block-sparse, 8192) and vertical-slash
-# flex 6.9x at 2048, but flex compiles per shape (15-900 s first call), so gather is the default;
-# flex is opt-in.
+# block 64, 8 heads x 64, fastest of 7, --clock cpu, 2026-12-01 14:20): at 8192, block-sparse gather
+# 6.3x over SDPA on Gaussian inputs, 6.7x with a positional code (attending 0.069 of the causal
+# pairs: the budget nearest 1/16 in whole blocks per row); vertical-slash (its own kernel),
+# attending 0.0626, 4.6x / 5.2x; at 2048 block-sparse 3.4x / 4.4x (the forced first and diagonal
+# blocks alone are 0.092 there) and vertical-slash 3.0x / 2.7x, where the fixed costs (selection,
+# per-chunk calls) weigh more. flex (14:13 run): block-sparse 3.5x / 4.0x at 8192, vertical-slash
+# 0.15x / 0.19x (its element rule is a mask function over whole blocks), and flex compiles per
+# shape (seconds to minutes on the first call), so gather is the default; flex is opt-in. Through
+# key lists (backend="key-lists") vertical-slash was 0.73x at 8192 (computed/attended 23-26).
 DEFAULT_BACKEND = "gather"
 BACKENDS = ("gather", "key-lists", "flex")
 

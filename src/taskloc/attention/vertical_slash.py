@@ -14,14 +14,19 @@ j <= p and (j is a chosen column or p - j is a chosen diagonal offset). Per head
 * one softmax over both (torch's, max subtracted, float32 at least), then
   out = P_c @ V_c + sum_d P_d v_{p-d}.
 
-Queries go in chunks so the score buffers stay near cache size. On CPU with numba (float32 or
-float64, no gradient) the diagonal loops are compiled (numba); elsewhere (CUDA, half precision,
-autograd, numba missing) the same arithmetic runs as gathers and einsums, exact but on CPU about
-12x slower than the compiled path (2.4 s at T = 8192, slower than dense SDPA: rows gathered one by one). Time per part at T = 8192, 8 heads x 64, density 1/16,
-one thread, quiet moments of a shared 2-core machine (best of 7): selection 31 ms, diagonal scores
-47, diagonal values 31, column matmuls 28, softmax 16 -- about 155 ms against SDPA's ~1050 ms,
-when the selection attended 0.033 of the pairs at 1/16; attending the real 1/16 (0.063) it takes
-372 ms against 1078 (2.9x, cpu clock, Gaussian inputs; 4.1x positional).
+Queries go head by head in chunks of CHUNK_QUERIES so the score buffers stay near cache size. On
+CPU with numba (float32 or float64, no gradient) the diagonal loops are compiled (numba);
+elsewhere (CUDA, half precision, autograd, numba missing) the same arithmetic runs as gathers and
+einsums, exact but on CPU about 12x slower than the compiled path (2.4 s at T = 8192, slower than
+dense SDPA: rows gathered one by one). The diagonal loops are bound by reading key and value rows
+(a diagonal pair needs a q.k dot product and a p.v update, 256 B rows each, with no reuse a
+matmul could exploit), so they run head by head with four diagonals sharing each query row.
+At T = 8192, 8 heads x 64, density 1/16 (attending 0.0626), one thread, fastest of 7, cpu clock
+(benchmarks/sparse_attention.py, 2026-12-01 14:20): 274 ms against SDPA's 1268 (4.6x) on
+Gaussian inputs, 219 against 1133 (5.2x) with a positional code; of a kernel call of ~180 ms,
+about 60 go to the diagonal scores, 65 to the diagonal values, 50 to the column matmuls and 35 to
+the softmax, and the selection takes ~30 more. At T = 2048 the ratio is 2.7-3.0x (the selection
+and per-chunk calls weigh more).
 """
 from __future__ import annotations
 
