@@ -83,6 +83,32 @@ def test_kernel_equals_naive_masked_softmax(compiled, dtype, atol, t_q, t_k, h_k
     assert ledger.attended == int(allowed.sum()) and ledger.computed >= ledger.attended
 
 
+@pytest.mark.skipif(not vs.COMPILED, reason="numba not installed")
+@pytest.mark.parametrize("t_q, t_k, chunk", [(300, 300, 256), (150, 333, 100), (257, 257, 256)])
+def test_compiled_sub_blocks_and_exact_computed_count(t_q, t_k, chunk, monkeypatch):
+    # Default-sized chunks (several 64-query sub-blocks, a ragged last one, a one-query last chunk,
+    # a decode offset) against a masked softmax with the vertical-slash rule written as a formula;
+    # many diagonals, so four-at-a-time groups start past a sub-block's first query. The ledger's
+    # computed pairs are exactly the kernel's work: per head and chunk, queries x the columns up to
+    # the chunk's last query, plus every diagonal pair whose key is >= 0 (crossings included).
+    monkeypatch.setattr(vs, "CHUNK_QUERIES", chunk)
+    q, k, v = qkv(t_q, t_k, 2, torch.float64, seed=t_q)
+    vert, slash = random_lines(2, 4, t_k, 9, 23, seed=t_k)
+    pos = torch.arange(t_k - t_q, t_k)  # (Tq,)
+    keys = torch.arange(t_k)
+    causal = keys[None, :] <= pos[:, None]  # (Tq, Tk)
+    allowed = causal & (vert[:, :, None, :] | slash[:, :, (pos[:, None] - keys[None, :]).clamp(min=0)])
+    ledger = FlopLedger()
+    out = vs.vertical_slash_attention(q, k, v, Selection(unused_member, 8, t_q, vert=vert, slash=slash), 0.4, ledger)
+    live = allowed.any(-1, keepdim=True)
+    torch.testing.assert_close(out * live, reference(q, k, v, allowed, 0.4) * live, rtol=0, atol=1e-12)
+    columns = sum(min(chunk, t_q - s) * int(vert[b, h, : t_k - t_q + min(t_q, s + chunk)].sum())
+                  for b in range(2) for h in range(4) for s in range(0, t_q, chunk))
+    diagonal = sum(int((pos >= d).sum()) for d in slash.nonzero()[:, 2].tolist())
+    assert ledger.attended == int(allowed.sum())
+    assert ledger.computed == columns + diagonal
+
+
 @pytest.mark.parametrize("compiled", PATHS)
 def test_query_with_nothing_to_attend_is_finite(compiled, monkeypatch):
     # no columns, only diagonal 5: queries before position 5 reach no key; their output is

@@ -116,9 +116,14 @@ def fixed_budget(candidates: torch.Tensor, density: float, causal: torch.Tensor 
     int: what each row may choose from (keys, blocks or pages). A row keeping k of its c_r
     candidates attends causal_r - (c_r - min(c_r, k)) x unit_r pairs: ``causal`` (R,) the causal
     pairs the row sees (default: c_r, one pair per candidate) and ``unit`` (R,) or int the pairs a
-    whole candidate holds (a block's queries x keys). The candidates left out count as whole: only
-    the row's own block or page, which every pattern keeps, is cut by the causal edge; counting it
-    whole instead had block-sparse attend 0.054 at 1/16 (T = 8192, blocks of 64)."""
+    whole candidate holds (a block's queries x keys). The candidates left out count as whole, exact
+    where only the row's own block or page, which every pattern keeps, is cut by the causal edge:
+    prefill, Quest (one query per row) and decode rows within one key block. A decode row of
+    block-sparse whose queries straddle a block boundary also sees the block before its own in
+    part; leaving that one out removes fewer pairs than counted, so there the budget is near, not
+    nearest (the attended pairs then depend on which blocks are picked; FLOP accounting counts
+    them exactly). Counting the own block whole had block-sparse attend 0.054 at 1/16 (T = 8192,
+    blocks of 64)."""
     causal = candidates if causal is None else causal
     total = float(causal.sum())
 
@@ -292,10 +297,8 @@ def vertical_slash(spec: PatternSpec, q: torch.Tensor, k: torch.Tensor, scale: f
     qpos = query_positions(t_q, t_k, q.device)
     keys = torch.arange(t_k, device=q.device)
     last_pos = qpos[-n_last:]
-    # q scaled before the product (n_last x D numbers, not n_last x Tk): at T = 8192 the scaling
-    # pass over the scores took as long as the product itself
-    scores = grouped_scores(q[:, :, -n_last:] * scale, k, 1.0)  # (B, H, n_last, Tk), a fresh tensor
-    tail = t_k - n_last  # keys before the first of the last queries are seen by all of them
+    scores = grouped_scores(q[:, :, -n_last:], k, scale)  # (B, H, n_last, Tk), a fresh tensor
+    tail = t_k - n_last  # keys before the first of the last queries are seen by all of them: mask the tail only
     scores[..., tail:].masked_fill_(keys[None, tail:] > last_pos[:, None], -math.inf)  # causal, (n_last, n_last)
     probs = torch.softmax(scores.float(), dim=-1)  # (B, H, n_last, Tk)
     vertical = probs.sum(2)  # (B, H, Tk) per column

@@ -69,16 +69,19 @@ def _sorted_indices(chosen: torch.Tensor, sentinel: int) -> torch.Tensor:
     return out[..., :width]
 
 
-def pair_counts(cols: torch.Tensor, offsets: torch.Tensor, first: int, last: int) -> tuple[int, int]:
-    """Exact (attended pairs, diagonal pairs computed) for queries at positions first..last.
-    cols (B, H, Nc) and offsets (B, H, Nd), padded with a sentinel beyond ``last``. A diagonal pair
-    is computed when its key is >= 0 and not a column; a column c and an offset d coincide at the
-    query c + d."""
+def pair_counts(cols: torch.Tensor, offsets: torch.Tensor, first: int, last: int) -> tuple[int, int, int]:
+    """Exact (attended pairs, diagonal pairs with a key >= 0, crossings) for queries at positions
+    first..last. cols (B, H, Nc) and offsets (B, H, Nd) ascending, padded with a sentinel beyond
+    ``last``. A column c and an offset d meet at the query c + d: that pair is attended once, as a
+    column's. Crossings are counted per column by two binary searches over the offsets (not as a
+    (B, H, Nc, Nd) table, which long sequences at high density would make gigabytes)."""
     vertical = int(span(cols, first, last).sum())
     diagonal = int(span(offsets, first, last).sum())
-    meet = cols[..., :, None] + offsets[..., None, :]  # (B, H, Nc, Nd): the query where they coincide
-    twice = int(((meet >= first) & (meet <= last)).sum())
-    return vertical + diagonal - twice, diagonal - twice
+    # per column c: the offsets d with first <= c + d <= last
+    hi = torch.searchsorted(offsets.contiguous(), (last - cols).contiguous(), right=True)
+    lo = torch.searchsorted(offsets.contiguous(), (first - cols).contiguous())
+    twice = int((hi - lo).clamp(min=0).sum())
+    return vertical + diagonal - twice, diagonal, twice
 
 
 def _gather_heads(x: torch.Tensor, idx: torch.Tensor, heads: int) -> torch.Tensor:
@@ -108,21 +111,15 @@ def vertical_slash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                 and k.dtype == q.dtype and v.dtype == q.dtype
                 and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)))
     if compiled:
-        out, computed = _compiled(q, k, v, k_c, v_c, cols, offsets, sel.vert, scale, first)
+        out, computed = _compiled(q, k, v, k_c, v_c, cols, offsets, scale, first)
     else:
         out, computed = _torch(q, k, v, k_c, v_c, cols, offsets, sel.vert, scale, first)
     if ledger is not None:
-        attended, diagonal = pair_counts(cols, offsets, first, last)
+        # the compiled path computes every diagonal pair with a key >= 0 (a crossing too, then blocked)
+        attended, diagonal, _crossings = pair_counts(cols, offsets, first, last)
         ledger.add(q.shape, t_k, dv, attended=attended, computed=computed + (diagonal if compiled else 0),
                    select_flops=sel.select_flops)
     return out
-
-
-def _column_widths(cols: torch.Tensor, ends: torch.Tensor) -> list[int]:
-    """For chunks ending at positions ``ends`` (N,), the columns any head needs: max count <= end."""
-    flat = cols.flatten(0, 1).contiguous()  # (B*H, Nc) ascending
-    need = torch.searchsorted(flat, ends.expand(flat.shape[0], -1).contiguous(), right=True)  # (B*H, N)
-    return need.amax(0).clamp(min=1).tolist()
 
 
 def _torch(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
@@ -132,7 +129,7 @@ def _torch(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
     step = max(1, CHUNK_FLOATS // (b * h * n_d * max(d, v.shape[-1])))
     starts = list(range(0, t_q, step))
     ends = torch.tensor([first + min(t_q, s + step) - 1 for s in starts], device=q.device)
-    widths = _column_widths(cols, ends)
+    widths = _reached(cols, ends).amax((0, 1)).clamp(min=1).tolist()  # the columns any head needs per chunk
     heads = torch.arange(h, device=q.device)[None, :, None, None]
     batch = torch.arange(b, device=q.device)[:, None, None, None]
     acc = torch.promote_types(q.dtype, torch.float32)
@@ -153,7 +150,7 @@ def _torch(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
     return torch.cat(outs, dim=2), computed
 
 
-def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
+def _compiled(q, k, v, k_c, v_c, cols, offsets, scale, first):
     """The compiled path, one (batch, head) and a chunk of its queries at a time. A chunk's scores
     are one (C, Nc' + Nd') buffer, Nc' and Nd' the head's columns and diagonals that the chunk's
     last query reaches (both ascending, so prefixes; the rest would be blocked pairs): the columns'
@@ -170,10 +167,10 @@ def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
     k_c = k_c * scale  # the columns' scores come out scaled; the numba loop scales its own
     starts = list(range(0, t_q, CHUNK_QUERIES))
     ends = torch.tensor([first + min(t_q, s + CHUNK_QUERIES) - 1 for s in starts])
-    widths = _reached(cols, ends)  # (B, H, chunks): columns at or before each chunk's last query
-    reach = _reached(offsets, ends)  # (B, H, chunks): diagonals that reach it
+    widths = _reached(cols, ends).tolist()  # [B][H][chunks]: columns at or before each chunk's last query
+    reach = _reached(offsets, ends).tolist()  # [B][H][chunks]: diagonals that reach it
     q_n, k_n, v_n = q.numpy(), k.numpy(), v.numpy()
-    cols_n, offsets_n, vert_n = cols.numpy(), offsets.numpy(), vert.contiguous().numpy()
+    cols_n, offsets_n = cols.numpy(), offsets.numpy()
     # [score of a blocked pair (finite: exp gives exactly 0 and no NaN), 0, scale] in the inputs'
     # dtype: a Python float would make numba accumulate float32 dot products in float64 (1.5x slower)
     consts = np.array([torch.finfo(q.dtype).min, 0, scale], dtype=k_n.dtype)
@@ -187,8 +184,7 @@ def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
                 c = min(CHUNK_QUERIES, t_q - s)
                 scores = torch.empty(c, width + n_d, dtype=q.dtype)  # (C, Nc' + Nd')
                 torch.matmul(q[bi, hi, s : s + c], k_c[bi, hi, :width].T, out=scores[:, :width])
-                _diagonal_scores(q_h, k_h, offsets_n[bi, hi, :n_d], vert_n[bi, hi], cols_n[bi, hi, :width],
-                                 s, first, consts, scores.numpy())
+                _diagonal_scores(q_h, k_h, offsets_n[bi, hi, :n_d], cols_n[bi, hi, :width], s, first, consts, scores.numpy())
                 probs = torch.softmax(scores, -1)
                 torch.matmul(probs[:, :width], v_c[bi, hi, :width], out=out[bi, hi, s : s + c])  # (C, Dv)
                 _diagonal_values(probs.numpy(), v_h, offsets_n[bi, hi, :n_d], s, first, out_n[bi, hi])
@@ -196,12 +192,11 @@ def _compiled(q, k, v, k_c, v_c, cols, offsets, vert, scale, first):
     return out, computed
 
 
-def _reached(sorted_idx: torch.Tensor, ends: torch.Tensor) -> list:
-    """sorted_idx (B, H, N) ascending, ends (chunks,) -> per head and chunk the count <= end, as
-    nested lists [B][H][chunks] of ints."""
+def _reached(sorted_idx: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """sorted_idx (B, H, N) ascending, ends (chunks,) -> (B, H, chunks): per head how many are <= each end."""
     flat = sorted_idx.flatten(0, 1).contiguous()  # (B*H, N)
     need = torch.searchsorted(flat, ends.expand(flat.shape[0], -1).contiguous(), right=True)  # (B*H, chunks)
-    return need.view(*sorted_idx.shape[:2], -1).tolist()
+    return need.view(*sorted_idx.shape[:2], -1)
 
 
 # Queries per sub-block inside a chunk of the numba loops: a sub-block's q rows (64 x 256 B) and
@@ -210,13 +205,15 @@ def _reached(sorted_idx: torch.Tensor, ends: torch.Tensor) -> list:
 SUB = 64
 
 
-def _diagonal_scores_py(q, k, offsets, vert, cols, s, first, consts, out):
+def _diagonal_scores_py(q, k, offsets, cols, s, first, consts, out):
     """One head, the chunk of queries s .. s + C (positions first + s + c): q (Tq, D), k (Tk, D),
-    offsets (Nd',) and cols (Nc',) ascending, vert (Tk,). ``out`` (C, Nc' + Nd') holds the column
-    scores in its first Nc' entries. Sets a column's score to ``lowest`` = consts[0] past the
-    query, and out[c, Nc' + j] = scale x q[s + c] . k[first + s + c - offsets[j]], or ``lowest``
-    where that key is before 0 or is a column (vert). Sub-blocks of SUB queries; within one, four
-    diagonals at a time share each q row (loaded once for four dot products)."""
+    offsets (Nd',) and cols (Nc',) ascending. ``out`` (C, Nc' + Nd') holds the column scores in its
+    first Nc' entries. Sets a column's score to ``lowest`` = consts[0] past the query, and
+    out[c, Nc' + j] = scale x q[s + c] . k[first + s + c - offsets[j]], or ``lowest`` where that
+    key is before 0 or is a column (found from the crossings of each column with the diagonals,
+    after the dot products: a branch per pair would cost more than the few pairs it saves).
+    Sub-blocks of SUB queries; within one, four diagonals at a time share each q row (loaded once
+    for four dot products)."""
     n_c, n_w = out.shape
     n_j = offsets.shape[0]
     n_col = n_w - n_j
