@@ -17,15 +17,18 @@ j <= p and (j is a chosen column or p - j is a chosen diagonal offset). Per head
 Queries go head by head in chunks of CHUNK_QUERIES so the score buffers stay near cache size. On
 CPU with numba (float32 or float64, no gradient) the diagonal loops are compiled (numba);
 elsewhere (CUDA, half precision, autograd, numba missing) the same arithmetic runs as gathers and
-einsums, exact but on CPU about 12x slower than the compiled path (2.4 s at T = 8192, slower than
-dense SDPA: rows gathered one by one). The diagonal loops are bound by reading key and value rows
-(a diagonal pair needs a q.k dot product and a p.v update, 256 B rows each, with no reuse a
-matmul could exploit), so they run head by head with four diagonals sharing each query row.
-At T = 8192, 8 heads x 64, density 1/16 (attending 0.0626), one thread, fastest of 7, cpu clock
-(benchmarks/sparse_attention.py, 2026-12-01 14:20): 274 ms against SDPA's 1268 (4.6x) on
-Gaussian inputs, 219 against 1133 (5.2x) with a positional code; of a kernel call of ~180 ms,
-about 60 go to the diagonal scores, 65 to the diagonal values, 50 to the column matmuls and 35 to
-the softmax, and the selection takes ~30 more. At T = 2048 the ratio is 2.7-3.0x (the selection
+einsums, exact but slow on CPU (rows gathered one by one: 2.4 s at T = 8192, slower than dense
+SDPA). The diagonal loops are bound by reading key and value rows (a diagonal pair needs a q.k
+dot product and a p.v update, a 256-byte row each, with no reuse a matmul could exploit), so they
+run head by head with four diagonals sharing each query row.
+
+Measured at T = 8192, 8 heads x 64, density 1/16 (attending 0.0626), one thread, cpu clock, on a
+shared 2-core machine whose timings wander by a third from run to run:
+benchmarks/sparse_attention.py (selection included, fastest of 7, 2026-12-01 14:20): 274 ms
+against SDPA's 1268 (4.6x) on Gaussian inputs, 219 against 1133 (5.2x) with a positional code.
+The kernel call alone (fastest of 8): 177 ms Gaussian, 182 positional; the selection ~30 ms. Its
+parts (chunks of 1024, fastest of 4): diagonal scores 54-59 ms, diagonal values 63-69, the two
+column matmuls 57-72 together, softmax 26-30. At T = 2048 the ratio is 2.7-3.0x (the selection
 and per-chunk calls weigh more).
 """
 from __future__ import annotations
@@ -51,7 +54,8 @@ COMPILED = numba is not None  # tests switch it off to compare the two paths
 # every column and diagonal its last query reaches, so longer chunks compute more blocked pairs
 # (columns late in the sequence, as real and positional inputs choose, reach few of its queries).
 # Fastest of 8 at T = 8192, 8 heads, density 1/16 (Gaussian / positional inputs, ms): 64: 240 / 235,
-# 128: 213 / 201, 256: 177 / 182, 512: 175 / 179, 1024: 203 / 192, 2048: 218 / 252.
+# 128: 213 / 201, 256: 177 / 182, 512: 175 / 179, 1024: 203 / 192, 2048: 218 / 252; 256 and 512
+# are within the machine's noise (an earlier round: 256: 181 / 177, 512: 195 / 197).
 CHUNK_QUERIES = 256
 # Gathered floats per chunk on the torch path (B x H x chunk x Nd x D), as sparse.CHUNK_FLOATS.
 CHUNK_FLOATS = 1 << 22
