@@ -84,7 +84,7 @@ def _lines(plt, spec: dict[str, Any]):
             lo, hi = np.asarray(s["lo"], dtype=float), np.asarray(s["hi"], dtype=float)
             ax.fill_between(s["x"], lo, hi, color=color, alpha=0.15, linewidth=0)
     if spec.get("logx"):
-        ax.set_xscale("log")
+        _log_x(ax)
     if spec.get("ylim"):
         ax.set_ylim(*spec["ylim"])
     else:
@@ -96,6 +96,18 @@ def _lines(plt, spec: dict[str, Any]):
     if len(spec["series"]) > 1:
         ax.legend(loc="best", fontsize=8, ncol=2 if len(spec["series"]) > 5 else 1)
     return fig
+
+
+def _log_x(ax) -> None:
+    """A log x axis labelled at 1, 2 and 5 times each power of ten in plain numbers (2000, 0.05):
+    matplotlib's default also labels minor ticks in scientific notation when a plot spans about
+    one decade, and those labels ran into each other."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _clip_wide_bands(ax, series: list[dict]) -> None:
