@@ -209,6 +209,15 @@ def _reached(sorted_idx: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
 SUB = 64
 
 
+def _four_from(offsets, j, c0, c1, pos0):
+    """In the sub-block of chunk queries [c0, c1) (positions pos0 + c), the first query from which
+    diagonals j .. j + 3 all reach a key >= 0 (offsets ascending: the fourth is the farthest);
+    c1, so none, when fewer than four diagonals are left. Queries before it go one diagonal at a time."""
+    if j + 4 > offsets.shape[0]:
+        return c1
+    return min(c1, max(c0, offsets[j + 3] - pos0))
+
+
 def _diagonal_scores_py(q, k, offsets, cols, s, first, consts, out):
     """One head, the chunk of queries s .. s + C (positions first + s + c): q (Tq, D), k (Tk, D),
     offsets (Nd',) and cols (Nc',) ascending. ``out`` (C, Nc' + Nd') holds the column scores in its
@@ -234,23 +243,21 @@ def _diagonal_scores_py(q, k, offsets, cols, s, first, consts, out):
     for c0 in range(0, n_c, SUB):
         c1 = min(n_c, c0 + SUB)
         for j in range(0, n_j, 4):
-            start = c1
-            if j + 4 <= n_j:
-                d0, d1, d2, d3 = offsets[j], offsets[j + 1], offsets[j + 2], offsets[j + 3]
-                start = min(c1, max(c0, d3 - pos0))  # from here all four keys are >= 0 (d3 the largest)
-                for c in range(start, c1):
-                    k0, k1, k2, k3 = pos0 + c - d0, pos0 + c - d1, pos0 + c - d2, pos0 + c - d3
-                    a0 = a1 = a2 = a3 = zero
-                    for e in range(q.shape[1]):  # four dot products, each q element loaded once
-                        x = q[s + c, e]
-                        a0 += x * k[k0, e]
-                        a1 += x * k[k1, e]
-                        a2 += x * k[k2, e]
-                        a3 += x * k[k3, e]
-                    out[c, n_col + j] = a0 * scale
-                    out[c, n_col + j + 1] = a1 * scale
-                    out[c, n_col + j + 2] = a2 * scale
-                    out[c, n_col + j + 3] = a3 * scale
+            start = _four_from(offsets, j, c0, c1, pos0)
+            for c in range(start, c1):  # four dot products, each q element loaded once
+                p = pos0 + c
+                k0, k1, k2, k3 = p - offsets[j], p - offsets[j + 1], p - offsets[j + 2], p - offsets[j + 3]
+                a0 = a1 = a2 = a3 = zero
+                for e in range(q.shape[1]):
+                    x = q[s + c, e]
+                    a0 += x * k[k0, e]
+                    a1 += x * k[k1, e]
+                    a2 += x * k[k2, e]
+                    a3 += x * k[k3, e]
+                out[c, n_col + j] = a0 * scale
+                out[c, n_col + j + 1] = a1 * scale
+                out[c, n_col + j + 2] = a2 * scale
+                out[c, n_col + j + 3] = a3 * scale
             for jj in range(j, min(j + 4, n_j)):  # the rest, one diagonal at a time
                 for c in range(max(c0, offsets[jj] - pos0), start):
                     key = pos0 + c - offsets[jj]
@@ -279,15 +286,13 @@ def _diagonal_values_py(p, v, offsets, s, first, out):
     for c0 in range(0, n_c, SUB):
         c1 = min(n_c, c0 + SUB)
         for j in range(0, n_j, 4):
-            start = c1
-            if j + 4 <= n_j:
-                d0, d1, d2, d3 = offsets[j], offsets[j + 1], offsets[j + 2], offsets[j + 3]
-                start = min(c1, max(c0, d3 - pos0))  # from here all four keys are >= 0
-                for c in range(start, c1):
-                    k0, k1, k2, k3 = pos0 + c - d0, pos0 + c - d1, pos0 + c - d2, pos0 + c - d3
-                    w0, w1, w2, w3 = p[c, n_col + j], p[c, n_col + j + 1], p[c, n_col + j + 2], p[c, n_col + j + 3]
-                    for e in range(n_e):
-                        out[s + c, e] += w0 * v[k0, e] + w1 * v[k1, e] + w2 * v[k2, e] + w3 * v[k3, e]
+            start = _four_from(offsets, j, c0, c1, pos0)
+            for c in range(start, c1):
+                q_pos = pos0 + c
+                k0, k1, k2, k3 = q_pos - offsets[j], q_pos - offsets[j + 1], q_pos - offsets[j + 2], q_pos - offsets[j + 3]
+                w0, w1, w2, w3 = p[c, n_col + j], p[c, n_col + j + 1], p[c, n_col + j + 2], p[c, n_col + j + 3]
+                for e in range(n_e):
+                    out[s + c, e] += w0 * v[k0, e] + w1 * v[k1, e] + w2 * v[k2, e] + w3 * v[k3, e]
             for jj in range(j, min(j + 4, n_j)):  # the rest, one diagonal at a time
                 dist = offsets[jj]
                 for c in range(max(c0, dist - pos0), start):
@@ -301,6 +306,7 @@ if COMPILED:
     # fastmath: the dot products may be split across vector lanes (reassociation); no NaN or inf
     # assumptions (finite ``lowest`` marks blocked pairs, but inputs may hold anything).
     _jit = numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+    _four_from = _jit(_four_from)
     _diagonal_scores = _jit(_diagonal_scores_py)
     _diagonal_values = _jit(_diagonal_values_py)
 else:  # pragma: no cover
