@@ -383,3 +383,22 @@ def test_corrupt_weights(saved, tmp_path):
 def test_unknown_dtype(saved):
     with pytest.raises(ConfigError, match="unknown dtype 'fp8'"):
         load_hf_model(saved["gpt2"][0], device="cpu", dtype="fp8")
+
+
+def test_readme_sparse_attention_example_runs(saved):
+    # The README's "Sparse attention on your own model" block, run as written on the tiny Llama:
+    # it registers a kernel at 1/16, loads with it, attends about 1/16 of the causal pairs and
+    # switches back to dense, whose logits then equal the plain HF model's.
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "load_hf_model" in b)
+    folder, reference = saved["llama"]
+    ids = torch.randint(0, V, (1, 1024), generator=torch.Generator().manual_seed(5))  # long enough for 1/16 past the sinks
+    scope = {"input_ids": ids}
+    exec(block.replace('"path/to/llama"', repr(str(folder))), scope)
+    assert abs(scope["ledger"].density - 1 / 16) < 0.005
+    assert not torch.allclose(scope["logits"], reference(ids).logits, atol=1e-4)  # sparse: not the dense result
+    assert scope["model"].attention == "dense"
+    torch.testing.assert_close(scope["model"](ids), reference(ids).logits, rtol=1e-4, atol=1e-4)
