@@ -8,7 +8,8 @@ Three backends compute the same attended set:
     SDPA's fused kernel as one batch (``block_attention``);
   - vertical-slash (no caller mask, no hook): its own kernel (vertical_slash.py), the chosen
     columns as one narrow matmul and the chosen diagonals pair by pair, one joint softmax: work =
-    the attended pairs (plus the columns past a chunk's first query), however the diagonals scatter;
+    the attended pairs (plus the columns past a chunk's first query and the diagonal pairs whose key
+    is a column), however the diagonals scatter;
   - any other key list (sliding windows, top-k, Quest pages, decode steps of the other patterns,
     a caller's mask or a hook): rows are attended in chunks, each chunk gathering its rows' key lists padded to its own
     longest one, with the element rule and the caller's mask applied at the gathered keys. Work =

@@ -73,8 +73,8 @@ def _sorted_indices(chosen: torch.Tensor, sentinel: int) -> torch.Tensor:
     return out[..., :width]
 
 
-def pair_counts(cols: torch.Tensor, offsets: torch.Tensor, first: int, last: int) -> tuple[int, int, int]:
-    """Exact (attended pairs, diagonal pairs with a key >= 0, crossings) for queries at positions
+def pair_counts(cols: torch.Tensor, offsets: torch.Tensor, first: int, last: int) -> tuple[int, int]:
+    """Exact (attended pairs, diagonal pairs with a key >= 0) for queries at positions
     first..last. cols (B, H, Nc) and offsets (B, H, Nd) ascending, padded with a sentinel beyond
     ``last``. A column c and an offset d meet at the query c + d: that pair is attended once, as a
     column's. Crossings are counted per column by two binary searches over the offsets (not as a
@@ -85,7 +85,7 @@ def pair_counts(cols: torch.Tensor, offsets: torch.Tensor, first: int, last: int
     hi = torch.searchsorted(offsets.contiguous(), (last - cols).contiguous(), right=True)
     lo = torch.searchsorted(offsets.contiguous(), (first - cols).contiguous())
     twice = int((hi - lo).clamp(min=0).sum())
-    return vertical + diagonal - twice, diagonal, twice
+    return vertical + diagonal - twice, diagonal
 
 
 def _gather_heads(x: torch.Tensor, idx: torch.Tensor, heads: int) -> torch.Tensor:
@@ -120,7 +120,7 @@ def vertical_slash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         out, computed = _torch(q, k, v, k_c, v_c, cols, offsets, sel.vert, scale, first)
     if ledger is not None:
         # the compiled path computes every diagonal pair with a key >= 0 (a crossing too, then blocked)
-        attended, diagonal, _crossings = pair_counts(cols, offsets, first, last)
+        attended, diagonal = pair_counts(cols, offsets, first, last)
         ledger.add(q.shape, t_k, dv, attended=attended, computed=computed + (diagonal if compiled else 0),
                    select_flops=sel.select_flops)
     return out
